@@ -1,0 +1,5 @@
+"""``python -m cervrt`` is the ``cervrt`` command."""
+
+from cervrt.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""cervrt checkpoints: a dict of plain types and tensors that ``torch.load(weights_only=True)`` reads.
+
+A checkpoint carries everything needed to rebuild and describe its model -- architecture and its
+keyword arguments, class names, palette, normalisation, microns per pixel, patch size, weights --
+and, for resuming, the epoch and the optimiser, scheduler and scaler states. Loading never
+unpickles arbitrary objects: a file holding anything but plain types and tensors is refused before
+any of its code can run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+from cervrt._io import atomic_path, optional_import
+from cervrt.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, MTCHI_MPP, PALETTE, PATCH_SIZE
+from cervrt.errors import CervrtError
+
+__all__ = [
+    "DESCRIPTION_KEYS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "build_checkpoint",
+    "describe",
+    "file_sha256",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "safe_torch_load",
+    "save_checkpoint",
+]
+
+FORMAT = "cervrt.checkpoint"
+FORMAT_VERSION = 1
+_REQUIRED = ("arch", "arch_kwargs", "class_names", "palette", "mean", "std", "mpp", "patch_size", "state_dict")
+#: The keys that describe a model (travel on into exported artifacts).
+DESCRIPTION_KEYS = ("arch", "arch_kwargs", "class_names", "palette", "mean", "std", "mpp", "patch_size")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safe_torch_load(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)`` with every failure turned into a one-line CervrtError."""
+    torch = optional_import("torch", "train")
+    path = Path(path)
+    if not path.is_file():
+        raise CervrtError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise CervrtError(f"{path} is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f" (it references {found.group(1)})" if found else ""
+        raise CervrtError(
+            f"{path} was refused: it holds pickled objects other than tensors and plain types{what}, "
+            "which could run code; only load checkpoints saved by cervrt or as plain state_dicts"
+        ) from None
+    except Exception as exc:
+        raise CervrtError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line.split(". ")[0]
+
+
+def build_checkpoint(model: Any, arch: str, arch_kwargs: dict[str, Any], *, patch_size: int = PATCH_SIZE,
+                     mpp: float = MTCHI_MPP, mean: tuple[float, ...] = IMAGENET_MEAN,
+                     std: tuple[float, ...] = IMAGENET_STD, class_names: tuple[str, ...] = CLASS_NAMES,
+                     palette: tuple[tuple[int, int, int], ...] = PALETTE, **extra: Any) -> dict[str, Any]:
+    """A checkpoint dict for ``model``; ``extra`` adds resumable state (epoch, optimizer, ...)."""
+    from cervrt import __version__
+
+    torch = optional_import("torch", "train")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs),
+        "class_names": list(class_names),
+        "palette": [list(c) for c in palette],
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "mpp": float(mpp),
+        "patch_size": int(patch_size),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "cervrt_version": __version__,
+        "torch_version": str(torch.__version__),
+        **extra,
+    }
+
+
+def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` atomically: an interrupted save leaves the previous file intact."""
+    torch = optional_import("torch", "train")
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and validate a cervrt checkpoint (safely: no arbitrary unpickling)."""
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CervrtError(f"{path} is not a cervrt checkpoint (no '{FORMAT}' format marker); "
+                          "to start from ImageNet weights use --encoder-weights")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CervrtError(f"{path} was written by a newer cervrt (format {ckpt['format_version']}): upgrade cervrt")
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise CervrtError(f"{path} is an incomplete cervrt checkpoint: missing {', '.join(missing)}")
+    return ckpt
+
+
+def describe(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The descriptive part of a checkpoint: plain JSON-friendly values."""
+    return {key: checkpoint[key] for key in DESCRIPTION_KEYS}
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> Any:
+    """Rebuild the model of ``checkpoint`` and load its weights (strictly), in eval mode."""
+    from cervrt.models import create_model
+
+    model = create_model(checkpoint["arch"], **checkpoint["arch_kwargs"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CervrtError(f"the checkpoint's weights do not fit {checkpoint['arch']}: {_first_line(exc)}") from None
+    return model.eval()

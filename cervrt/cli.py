@@ -1,0 +1,216 @@
+"""The ``cervrt`` command line: options become typed configs, the library does the work.
+
+Every user-fixable problem (CervrtError) is printed as one line ``error: ...`` with exit code 1;
+Ctrl-C prints ``interrupted`` and exits with 130. Neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import click
+
+from cervrt import __version__
+from cervrt.errors import CervrtError
+
+__all__ = ["main"]
+
+
+class _Group(click.Group):
+    """A click group that turns CervrtError and Ctrl-C into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CervrtError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: nothing half-written was left behind", err=True)
+            ctx.exit(130)
+
+
+def _dump(obj: Any) -> str:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), indent=2)
+
+
+def _explicit(ctx: click.Context, names: list[str]) -> dict[str, Any]:
+    """The options the user typed (not defaults), for overriding a resumed run's config."""
+    source = click.core.ParameterSource
+    return {n: ctx.params[n] for n in names if ctx.get_parameter_source(n) == source.COMMANDLINE}
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cervrt")
+def cli() -> None:
+    """cervrt: cervical precancer (normal, CIN 1-3) segmentation of H&E slides, from training to the scanner.
+
+    \b
+    Start with `cervrt demo`: it makes synthetic data, trains an HSP-Net for a
+    couple of minutes, evaluates it and says where everything went.
+    """
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (new or empty).")
+@click.option("--regions", default=12, show_default=True, type=click.IntRange(1), help="Pixel-annotated regions.")
+@click.option("--size", default=512, show_default=True, type=click.IntRange(64), help="Region side in pixels.")
+@click.option("--weak", "weak_regions", default=0, show_default=True, type=click.IntRange(0),
+              help="Extra regions with image-level labels only (weak/labels.csv).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: same seed, same files.")
+def synth(out: str, regions: int, size: int, weak_regions: int, seed: int) -> None:
+    """Write a synthetic H&E dataset in the MTCHI layout (images/, masks/, weak/labels.csv).
+
+    Regions show stroma, glass and squamous epithelium graded normal, CIN 1, CIN 2 or CIN 3 by
+    how far crowded, enlarged, dark atypical nuclei reach up from the basement membrane.
+    """
+    from cervrt.train.synth import write_dataset
+
+    summary = write_dataset(out, regions=regions, size=size, seed=seed, weak_regions=weak_regions)
+    click.echo(_dump(summary))
+
+
+_TRAIN_OVERRIDES = ["epochs", "batch_size", "lr", "workers", "device", "amp", "time_limit_minutes"]
+
+
+@cli.command()
+@click.option("--data", type=click.Path(), help="Dataset directory (images/ and masks/).")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory for last.pt, best.pt, history.json.")
+@click.option("--arch", default="hspnet", show_default=True, help="Architecture: hspnet, deeplabv3plus, ensemble_a.")
+@click.option("--encoder", default=None, help="Encoder: resnet34 or resnet101 (default: the architecture's).")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--loss", default="ae", show_default=True, type=click.Choice(["ce", "ae"]), help="Segmentation loss.")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Encoder learning rate (cosine annealed).")
+@click.option("--head-lr-mult", default=10.0, show_default=True, type=float, help="Other blocks' lr / encoder lr.")
+@click.option("--momentum", default=0.9, show_default=True, type=float)
+@click.option("--weight-decay", default=1e-4, show_default=True, type=float)
+@click.option("--patch-size", default=400, show_default=True, type=click.IntRange(32), help="Training patch side.")
+@click.option("--stride", default=100, show_default=True, type=click.IntRange(1), help="Patch extraction stride.")
+@click.option("--min-foreground", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+              help="Discard patches with less foreground than this.")
+@click.option("--val-fraction", default=0.2, show_default=True, type=float, help="Share of regions held out.")
+@click.option("--val-stride", default=None, type=click.IntRange(1), help="Validation window stride [patch size].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="DataLoader workers.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision (CUDA only).")
+@click.option("--encoder-weights", type=click.Path(dir_okay=False),
+              help="A torchvision ImageNet ResNet state_dict file to start the encoder from.")
+@click.option("--mpp", default=0.904, show_default=True, type=float, help="Microns per pixel of the data.")
+@click.option("--time-limit", "time_limit_minutes", default=None, type=float,
+              help="Stop after the epoch in which this many minutes have passed.")
+@click.option("--resume", type=click.Path(dir_okay=False), help="Continue from RUN/last.pt (its settings are kept).")
+@click.pass_context
+def train(ctx: click.Context, resume: str | None, **options: Any) -> None:
+    """Train a segmentation model on pixel-annotated regions.
+
+    Defaults follow the HSP-Net paper: SGD with momentum 0.9, the encoder at lr 1e-3 and the other
+    blocks at 10x, cosine annealing, 400 px patches at stride 100 with at least 20% foreground.
+    """
+    from cervrt.train.loop import TrainConfig
+    from cervrt.train.loop import train as run_train
+
+    if resume:
+        result = run_train(resume=resume, overrides=_explicit(ctx, _TRAIN_OVERRIDES))
+    else:
+        if not options["data"] or not options["out"]:
+            raise CervrtError("train needs --data DIR and --out RUN (or --resume RUN/last.pt)")
+        result = run_train(TrainConfig(**options))
+    click.echo(f"best epoch {result.best_epoch}: dice {result.best_metrics.get('dice', math.nan):.4f}; "
+               f"checkpoints in {result.out}/ (last.pt, best.pt), history in {result.out}/history.json")
+
+
+@cli.command(name="eval")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A cervrt checkpoint.")
+@click.option("--data", required=True, type=click.Path(), help="Dataset directory (images/ and masks/).")
+@click.option("--stride", default=None, type=click.IntRange(1), help="Window stride [a quarter of the patch].")
+@click.option("--blend", default="gaussian", show_default=True, type=click.Choice(["mean", "gaussian"]))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the metrics here.")
+def evaluate(model_path: str, data: str, stride: int | None, blend: str, batch_size: int, device: str,
+             json_out: str | None) -> None:
+    """Predict whole regions by sliding window and print Dice, mIoU, AP, WP, FwIoU and per-class IoU."""
+    from cervrt.train.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(model_path, data, stride=stride, blend=blend, batch_size=batch_size, device=device,
+                        json_out=json_out, echo=click.echo)
+
+
+@cli.command(name="export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="ONNX file to write [the checkpoint's name with .onnx, or .fp16.onnx, beside it].")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]),
+              help="fp16: weights and activations in FP16, softmax and pooling kept in FP32.")
+@click.option("--fp16-io", is_flag=True, help="With --precision fp16: float16 input and outputs too.")
+@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset (18 to 24).")
+@click.option("--engine", default=None, type=click.Path(dir_okay=False),
+              help="Also build a TensorRT plan here (X.plan; needs a GPU and cervrt[tensorrt]).")
+@click.option("--batch", default=None, help="With --engine: the profile's batch sizes MIN:OPT:MAX [1:8:32].")
+@click.option("--workspace", default=None, type=float, help="With --engine: TensorRT workspace limit in GB.")
+def export_command(checkpoint: str, output: str | None, precision: str, fp16_io: bool, opset: int,
+                   engine: str | None, batch: str | None, workspace: float | None) -> None:
+    """Export a checkpoint to a self-describing ONNX file (and optionally a TensorRT engine).
+
+    The graph takes `image` float32 (N, 3, H, W), normalised with the mean/std in its metadata, and
+    returns softmax probabilities `probs` (N, classes, H, W) -- plus `class_probs` for models with a
+    patch classifier -- for any N, H and W. ONNX Runtime is checked against torch (and FP16 against
+    FP32) before the file is written; a check that fails leaves no file.
+    """
+    from cervrt.export import ExportConfig, export
+
+    config = ExportConfig.from_options(checkpoint, output=output, precision=precision, fp16_io=fp16_io,
+                                       opset=opset, engine=engine, batch=batch, workspace=workspace)
+    export(config, echo=click.echo)
+
+
+@cli.command()
+@click.argument("artifact", required=False, type=click.Path(dir_okay=False))
+@click.option("--arch", default=None, help="Describe an architecture instead of a file.")
+@click.option("--encoder", default=None, help="With --arch: resnet34 or resnet101.")
+@click.option("--patch-size", default=None, type=click.IntRange(32), help="With --arch: patch side [400].")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def info(artifact: str | None, arch: str | None, encoder: str | None, patch_size: int | None, as_json: bool) -> None:
+    """Describe a checkpoint or an architecture: classes, parameters, MACs at 384 and at the patch size."""
+    from cervrt.artifacts import arch_info, artifact_info, format_info
+
+    if (artifact is None) == (arch is None):
+        raise CervrtError("info takes either an artifact file or --arch NAME")
+    data = artifact_info(artifact) if artifact else arch_info(arch, encoder, patch_size)
+    click.echo(_dump(data) if as_json else format_info(data))
+
+
+@cli.command()
+@click.option("--out", default="cervrt-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the demo writes its dataset, run and reports.")
+@click.option("--minutes", default=2.0, show_default=True, type=click.FloatRange(0.1),
+              help="Training time budget.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def demo(out: str, minutes: float, seed: int) -> None:
+    """Run the whole pipeline on built-in synthetic data: synthesise, train HSP-Net ResNet-34, evaluate."""
+    from cervrt.demo import run_demo
+
+    run_demo(out, minutes=minutes, seed=seed, echo=click.echo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="cervrt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""cervrt's architectures (HSP-Net, DeepLab v3+, Ensemble-A) behind a registry. Needs torch."""
+
+from __future__ import annotations
+
+from cervrt.models.base import SegmentationModel
+from cervrt.models.deeplabv3plus import DeepLabV3Plus
+from cervrt.models.ensemble import EnsembleA
+from cervrt.models.hspnet import HSPNet
+from cervrt.models.registry import ModelSpec, create_model, get_spec, list_models, register_model
+from cervrt.models.weights import load_encoder_weights
+
+__all__ = [
+    "DeepLabV3Plus",
+    "EnsembleA",
+    "HSPNet",
+    "ModelSpec",
+    "SegmentationModel",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "load_encoder_weights",
+    "register_model",
+]
+
+_ENCODERS = ("resnet34", "resnet101")
+
+register_model("hspnet", {"encoder": _ENCODERS}, {"encoder": "resnet101"},
+               "HSP-Net (V-HSP + H-HSP with DS-Blocks) on a ResNet encoder")(HSPNet)
+register_model("deeplabv3plus", {"encoder": _ENCODERS}, {"encoder": "resnet101"},
+               "DeepLab v3+ (output stride 16, ASPP, decoder) baseline")(DeepLabV3Plus)
+register_model("ensemble_a", {"encoder": _ENCODERS}, {"encoder": "resnet101"},
+               "DeepLab v3+ with the assisted patch classifier at point A (MTCHI ensemble)")(EnsembleA)

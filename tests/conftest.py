@@ -1,0 +1,49 @@
+"""Shared pytest set-up: tests marked ``gpu`` or ``tensorrt`` skip themselves where the hardware or the
+package is missing, with the reason."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _no_cuda_device() -> str | None:
+    """None when cuda-python sees at least one CUDA device, else the reason it does not."""
+    try:
+        from cuda.bindings import driver
+    except ImportError as exc:
+        return f"cuda-python is not installed ({exc})"
+    try:
+        (err,) = driver.cuInit(0)
+        if err != driver.CUresult.CUDA_SUCCESS:
+            return f"no CUDA device: cuInit returned {err}"
+        err, count = driver.cuDeviceGetCount()
+    except Exception as exc:
+        return f"no CUDA device: {_first_line(exc)}"
+    if err != driver.CUresult.CUDA_SUCCESS or count == 0:
+        return "no CUDA device: the driver reports none"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _no_tensorrt() -> str | None:
+    """None when tensorrt imports and a CUDA device exists, else the reason."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:
+        return f"tensorrt is not importable ({_first_line(exc)})"
+    return _no_cuda_device()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "gpu" in item.keywords and (reason := _no_cuda_device()):
+            item.add_marker(pytest.mark.skip(reason=reason))
+        if "tensorrt" in item.keywords and (reason := _no_tensorrt()):
+            item.add_marker(pytest.mark.skip(reason=reason))
