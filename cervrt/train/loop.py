@@ -124,7 +124,6 @@ class _Run:
     def __init__(self, config: TrainConfig, resume: dict[str, Any] | None) -> None:
         config.check()
         self.config = config
-        self.out = ensure_writable_dir(config.out)
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         self.arch_kwargs = _arch_kwargs(config)
@@ -132,6 +131,7 @@ class _Run:
         if config.encoder_weights and resume is None:
             load_encoder_weights(self.model.encoder, config.encoder_weights)
         self._load_data()
+        self.out = ensure_writable_dir(config.out)
         self.steps_per_epoch = len(self.loader)
         self.optimizer = torch.optim.SGD(_param_groups(self.model, config), momentum=config.momentum,
                                          weight_decay=config.weight_decay)
