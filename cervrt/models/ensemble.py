@@ -32,6 +32,10 @@ class EnsembleA(DeepLabV3Plus):
         features = self.encoder(x)
         return self.segment(features, x.shape[-2:]), self.assist(features[-1])
 
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits only (encoder + assisted block), for training the classification branch alone."""
+        return self.assist(self.encoder(x)[-1])
+
     def combine(self, probs: torch.Tensor, class_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Multiply foreground probabilities by sigmoid(class scores) and renormalise per pixel."""
         class_probs = torch.sigmoid(class_logits)
