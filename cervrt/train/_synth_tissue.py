@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-import cv2
 import numpy as np
+
+from cervrt._cv import cv2
 
 __all__ = ["ATYPIA_EXTENT", "Stain", "random_grades", "random_stain", "render", "tissue"]
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from cervrt._cv import cv2
 from cervrt._io import optional_import
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD, MIN_FOREGROUND, NUM_CLASSES, PATCH_SIZE, PATCH_STRIDE
 from cervrt.errors import CervrtError

@@ -30,10 +30,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
+from cervrt._cv import cv2
 from cervrt._io import atomic_path, ensure_writable_dir, write_json
 from cervrt.constants import CLASS_NAMES, MTCHI_MPP
 from cervrt.errors import CervrtError
