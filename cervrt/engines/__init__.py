@@ -1,0 +1,33 @@
+"""Inference engines behind one small protocol, chosen by the model file's suffix.
+
+- ``.onnx``: ONNX Runtime (CPU; CUDA where onnxruntime-gpu finds a GPU), ``cervrt.engines.onnxruntime``;
+- ``.plan``: TensorRT with named tensors on a CUDA stream, ``cervrt.engines.tensorrt``;
+- ``.pt`` / ``.pth``: a cervrt checkpoint run by torch, ``cervrt.engines.torch``.
+
+``open_engine(path, device="auto", batch_size=None)`` returns an ``Engine``; each backend is
+imported only when a file of its kind is opened.
+"""
+
+from __future__ import annotations
+
+from cervrt.engines.base import (
+    DEVICE_CHOICES,
+    Device,
+    Engine,
+    EngineOutput,
+    engine_suffixes,
+    open_engine,
+    parse_device,
+    register_engine,
+)
+
+__all__ = [
+    "DEVICE_CHOICES",
+    "Device",
+    "Engine",
+    "EngineOutput",
+    "engine_suffixes",
+    "open_engine",
+    "parse_device",
+    "register_engine",
+]

@@ -1,0 +1,290 @@
+"""The engine protocol: one small interface in front of ONNX Runtime, TensorRT and torch.
+
+An engine runs batches of normalised patches, float32 (n, 3, P, P) NCHW, and returns the softmax
+probabilities (n, C, P, P) and, for models with a patch classifier, the class probabilities
+(n, C - 1), both float32. It configures itself from the artifact's cervrt metadata (classes,
+palette, mean/std, mpp, patch size, precision) and reports what actually runs (``device``,
+``provider``), which may differ from what was asked for when ``device="auto"``.
+
+``Engine.run`` checks the batch (type, dtype, rank, channels, size, batch count) and raises a
+CervrtError naming what was expected and what came; the private ``_run`` of each backend does the
+work. Engines are context managers: ``close()`` frees device memory, streams and sessions.
+
+``open_engine(path, device, batch_size)`` picks the backend by the file's suffix from a registry
+(``register_engine`` adds one); backends are imported only when a file of theirs is opened, so that
+opening an ``.onnx`` never imports torch or tensorrt.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cervrt.errors import CervrtError
+
+__all__ = [
+    "DEVICE_CHOICES",
+    "MIN_SIDE",
+    "Device",
+    "Engine",
+    "EngineOutput",
+    "engine_suffixes",
+    "open_engine",
+    "parse_device",
+    "register_engine",
+]
+
+#: What ``device=`` accepts.
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+#: Smallest patch side the encoders accept (they down-sample by 32).
+MIN_SIDE = 32
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Device:
+    """A parsed ``device=`` string: kind ``auto`` / ``cpu`` / ``cuda`` and, for cuda, an optional ordinal."""
+
+    kind: str
+    index: int | None = None
+
+    @property
+    def ordinal(self) -> int:
+        """The CUDA device ordinal (0 unless ``cuda:N`` said otherwise)."""
+        return self.index or 0
+
+    def __str__(self) -> str:
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+
+def parse_device(device: str | Device) -> Device:
+    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> Device; CervrtError listing the valid forms."""
+    if isinstance(device, Device):
+        return device
+    text = device.strip().lower() if isinstance(device, str) else ""
+    found = _DEVICE_PATTERN.match(text)
+    if not found or (found.group(2) is not None and found.group(1) != "cuda"):
+        raise CervrtError(f"unknown device {device!r}: use one of {', '.join(DEVICE_CHOICES)} (N = 0, 1, ...)")
+    index = found.group(2)
+    return Device(found.group(1), None if index is None else int(index))
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """One batch's results: softmax probabilities and, for models with a classifier, class probabilities."""
+
+    probs: np.ndarray  # float32 (n, C, P, P), C-contiguous
+    class_probs: np.ndarray | None  # float32 (n, C - 1), or None
+
+
+def _describe(array: object) -> str:
+    if isinstance(array, np.ndarray):
+        return f"{array.dtype} array of shape {array.shape}"
+    return type(array).__name__
+
+
+class Engine(abc.ABC):
+    """Base class of the backends: ``run`` checks, ``_run`` works; a context manager (``close`` frees).
+
+    Subclasses set ``metadata``, ``device``, ``provider``, ``precision``, ``max_batch`` and
+    ``thread_safe`` in their constructor and implement ``_run`` and ``_close``.
+    """
+
+    kind: ClassVar[str] = ""
+    #: Whether the engine needs square inputs of exactly ``patch_size`` (TensorRT's profile does).
+    fixed_size: ClassVar[bool] = False
+
+    metadata: dict[str, Any]
+    device: str
+    provider: str
+    precision: str
+    max_batch: int | None = None
+    thread_safe: bool = False
+    #: Why the engine runs elsewhere than "auto" would have preferred (e.g. a GPU provider failed), or None.
+    fallback: str | None = None
+    #: Numpy dtype the graph's input takes (float16 for FP16-io graphs); run() converts to it.
+    input_dtype: np.dtype = np.dtype(np.float32)
+    _closed: bool = False
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.metadata["patch_size"])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.metadata["class_names"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.metadata["class_names"])
+
+    @property
+    def palette(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple(tuple(int(v) for v in color) for color in self.metadata["palette"])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.metadata["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.metadata["std"])
+
+    @property
+    def mpp(self) -> float | None:
+        value = self.metadata.get("mpp")
+        return None if value is None else float(value)
+
+    @property
+    def has_classifier(self) -> bool:
+        return bool(self.metadata.get("has_classifier", len(self.metadata.get("outputs", ())) > 1))
+
+    @property
+    def gate_epsilon(self) -> float | None:
+        """Classification gate threshold (SPEC: a class with probability <= epsilon is zeroed), or None."""
+        value = self.metadata.get("gate_epsilon")
+        return None if value is None else float(value)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, batch: np.ndarray) -> EngineOutput:
+        """Probabilities of a float32 (n, 3, P, P) normalised batch (see the class docstring)."""
+        if self._closed:
+            raise CervrtError(f"this {self.kind} engine is closed: open the model again")
+        batch = self._check_batch(batch)
+        output = self._run(batch)
+        return self._check_output(output, batch.shape)
+
+    def _check_batch(self, batch: object) -> np.ndarray:
+        accepted = {np.dtype(np.float32), self.input_dtype}
+        names = " or ".join(sorted(d.name for d in accepted))
+        if not isinstance(batch, np.ndarray) or batch.dtype not in accepted:
+            raise CervrtError(f"the batch must be a {names} numpy array (n, 3, H, W), got a {_describe(batch)}")
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise CervrtError(f"the batch must have shape (n, 3, H, W) with 3 RGB channels, got {batch.shape}")
+        n, _, height, width = batch.shape
+        limit = f"1 to {self.max_batch}" if self.max_batch is not None else "at least 1"
+        if n < 1 or (self.max_batch is not None and n > self.max_batch):
+            raise CervrtError(f"the batch holds {n} patches; this {self.kind} engine takes {limit}")
+        self._check_size(height, width)
+        return np.ascontiguousarray(batch, dtype=self.input_dtype)
+
+    def _check_size(self, height: int, width: int) -> None:
+        p = self.patch_size
+        if self.fixed_size and (height, width) != (p, p):
+            raise CervrtError(f"this {self.kind} engine takes {p}x{p} patches (its profile), got {height}x{width}")
+        if min(height, width) < MIN_SIDE:
+            raise CervrtError(f"patches must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {height}x{width}")
+
+    def _check_output(self, output: EngineOutput, shape: tuple[int, ...]) -> EngineOutput:
+        n, _, height, width = shape
+        c = self.num_classes
+        probs = np.ascontiguousarray(output.probs, dtype=np.float32)
+        if probs.shape != (n, c, height, width):
+            expected = (n, c, height, width)
+            raise CervrtError(f"the model returned probabilities of shape {probs.shape}, expected {expected}; "
+                              "its metadata does not describe it (export it again)")
+        class_probs = output.class_probs
+        if class_probs is not None:
+            class_probs = np.ascontiguousarray(class_probs, dtype=np.float32).reshape(n, -1)
+        return EngineOutput(probs, class_probs)
+
+    @abc.abstractmethod
+    def _run(self, batch: np.ndarray) -> EngineOutput:
+        """Run a checked, C-contiguous batch of ``input_dtype``."""
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the engine's sessions and device resources; further runs raise CervrtError. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close()
+
+    def _close(self) -> None:  # noqa: B027 - optional hook: engines without resources need nothing
+        """Backend-specific release (called once)."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.metadata.get('arch', '?')} {self.precision} on {self.device} "
+                f"({self.provider}){' closed' if self._closed else ''}>")
+
+
+# ---- registry ------------------------------------------------------------------------------------
+
+#: ``factory(path, device, batch_size) -> Engine``.
+EngineFactory = Callable[..., Engine]
+#: suffix -> factory, or "module:attribute" imported when a file of that suffix is opened.
+_REGISTRY: dict[str, EngineFactory | str] = {
+    ".onnx": "cervrt.engines.onnxruntime:OnnxRuntimeEngine",
+    ".plan": "cervrt.engines.tensorrt:TensorRTEngine",
+    ".pt": "cervrt.engines.torch:TorchEngine",
+    ".pth": "cervrt.engines.torch:TorchEngine",
+}
+
+
+def register_engine(suffix: str, factory: EngineFactory | str) -> None:
+    """Open files ending in ``suffix`` with ``factory(path, device, batch_size)`` (or a ``"module:attr"``)."""
+    if not suffix.startswith(".") or len(suffix) < 2:
+        raise CervrtError(f"an engine suffix starts with a dot, like '.onnx', got {suffix!r}")
+    _REGISTRY[suffix.lower()] = factory
+
+
+def engine_suffixes() -> tuple[str, ...]:
+    """The registered model suffixes."""
+    return tuple(sorted(_REGISTRY))
+
+
+def _factory(suffix: str) -> EngineFactory:
+    entry = _REGISTRY[suffix]
+    if isinstance(entry, str):
+        module, _, attribute = entry.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+    return entry
+
+
+def _check_batch_size(batch_size: object) -> int | None:
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise CervrtError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    return int(batch_size)
+
+
+def open_engine(path: str | os.PathLike[str], device: str | Device = "auto", batch_size: int | None = None) -> Engine:
+    """Open a model for inference: ``.onnx`` (ONNX Runtime), ``.plan`` (TensorRT), ``.pt``/``.pth`` (torch).
+
+    ``device``: ``auto`` (a GPU when one works, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    ``batch_size``: the largest batch the caller will send (TensorRT sizes its buffers by it and
+    refuses one above its profile); None for the backend's default.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _REGISTRY:
+        raise CervrtError(f"{path}: unknown model type {path.suffix or '(no suffix)'!r}; cervrt opens "
+                          f"{', '.join(engine_suffixes())}")
+    parsed = parse_device(device)
+    batch_size = _check_batch_size(batch_size)
+    if not path.exists():
+        raise CervrtError(f"{path} does not exist")
+    if not path.is_file():
+        raise CervrtError(f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise CervrtError(f"{path} is empty")
+    return _factory(suffix)(path, parsed, batch_size)

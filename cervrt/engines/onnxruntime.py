@@ -1,0 +1,141 @@
+"""ONNX Runtime engine for cervrt ``.onnx`` exports (FP32, or FP16 with float16 or float32 inputs).
+
+Providers: ``cpu`` -> CPUExecutionProvider; ``cuda`` / ``cuda:N`` -> CUDAExecutionProvider on
+device N, then the CPU for any operator CUDA lacks; ``auto`` -> CUDA when onnxruntime offers it
+*and* the NVIDIA driver reports a GPU, else the CPU.
+
+ONNX Runtime does not fail when a GPU provider cannot be loaded (missing CUDA or cuDNN libraries, a
+driver too old): it logs the problem and silently runs the session on the CPU. So the engine reads
+``session.get_providers()`` after creating the session and reports what really runs in
+``provider`` and ``device``. When ``cuda`` was asked for explicitly and the CPU is what came, it
+refuses with a CervrtError; under ``auto`` it keeps the CPU session and says why in ``fallback``.
+
+``cuda_options`` go to the CUDA provider as they are (its documented provider options), for example
+``{"user_compute_stream": str(stream_handle)}`` to run on a caller's CUDA stream (ORT then also sets
+``has_user_compute_stream``), or ``{"gpu_mem_limit": str(bytes)}``. ``device_id`` comes from the
+device string.
+
+Thread safety: ``InferenceSession.run`` may be called from several threads at once on one session
+(ONNX Runtime guarantees it), so ``thread_safe`` is True and no lock is needed around ``run``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cervrt.engines._cuda import cuda_device_count
+from cervrt.engines.base import Device, Engine, EngineOutput, parse_device
+from cervrt.errors import CervrtError
+from cervrt.export.metadata import read_metadata
+
+__all__ = ["CPU_PROVIDER", "CUDA_PROVIDER", "OnnxRuntimeEngine", "choose_providers"]
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+_NP_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def choose_providers(device: Device, available: list[str], gpu_count: int, gpu_reason: str,
+                     cuda_options: Mapping[str, str] | None = None) -> list[Any]:
+    """The ``providers=`` list for an InferenceSession on ``device``; CervrtError when cuda cannot be had."""
+    if device.kind == "cpu":
+        return [CPU_PROVIDER]
+    wants_cuda = device.kind == "cuda"
+    if CUDA_PROVIDER not in available:
+        if wants_cuda:
+            raise CervrtError(f"device {device} was asked for but this onnxruntime has no {CUDA_PROVIDER} (it offers "
+                              f"{', '.join(available)}): install onnxruntime-gpu (pip install \"cervrt[gpu]\") "
+                              "or use device cpu")
+        return [CPU_PROVIDER]
+    if device.ordinal >= gpu_count:
+        if wants_cuda:
+            seen = f"{gpu_count} CUDA GPU(s) are present" if gpu_count else f"no CUDA GPU is visible: {gpu_reason}"
+            raise CervrtError(f"device {device} was asked for but {seen}; use device cpu or auto")
+        return [CPU_PROVIDER]
+    options = {"device_id": str(device.ordinal), **{str(k): str(v) for k, v in (cuda_options or {}).items()}}
+    if "user_compute_stream" in options:
+        options.setdefault("has_user_compute_stream", "1")
+    return [(CUDA_PROVIDER, options), CPU_PROVIDER]
+
+
+class OnnxRuntimeEngine(Engine):
+    """A cervrt ONNX model in an ONNX Runtime session (see the module docstring)."""
+
+    kind = "onnxruntime"
+    thread_safe = True
+
+    def __init__(self, path: str | Path, device: str | Device = "auto", batch_size: int | None = None, *,
+                 cuda_options: Mapping[str, str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.metadata = read_metadata(self.path)
+        self.precision = str(self.metadata["precision"])
+        self.batch_size = batch_size
+        requested = parse_device(device)
+        count, reason = (0, "") if requested.kind == "cpu" else cuda_device_count()
+        providers = choose_providers(requested, ort.get_available_providers(), count, reason, cuda_options)
+        self._session = self._create_session(ort, providers)
+        self._check_providers(requested, providers)
+        self._bind_io()
+
+    def _create_session(self, ort: Any, providers: list[Any]) -> Any:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for graphs it cannot load
+            raise CervrtError(f"ONNX Runtime cannot load {self.path}: {_first_line(exc)}") from None
+
+    def _check_providers(self, requested: Device, providers: list[Any]) -> None:
+        """Report what runs; refuse a silent CPU fallback when cuda was asked for explicitly."""
+        running = self._session.get_providers()
+        self.provider = running[0]
+        tried_cuda = isinstance(providers[0], tuple)
+        ordinal = int(providers[0][1]["device_id"]) if tried_cuda else 0
+        self.device = f"cuda:{ordinal}" if self.provider == CUDA_PROVIDER else "cpu"
+        if tried_cuda and self.provider != CUDA_PROVIDER:
+            why = (f"ONNX Runtime could not load its {CUDA_PROVIDER} (missing CUDA/cuDNN libraries or an old "
+                   "driver: see its log above) and fell back to the CPU")
+            if requested.kind == "cuda":
+                self._session = None
+                raise CervrtError(f"device {requested} was asked for but {why}; fix the CUDA install or use device cpu")
+            self.fallback = why
+
+    def _bind_io(self) -> None:
+        inputs = self._session.get_inputs()
+        outputs = {o.name for o in self._session.get_outputs()}
+        wanted_input = self.metadata["input"]
+        wanted_outputs = list(self.metadata["outputs"])
+        names = [i.name for i in inputs]
+        if names != [wanted_input] or not set(wanted_outputs) <= outputs:
+            raise CervrtError(f"{self.path}: the graph's inputs/outputs ({names}, {sorted(outputs)}) "
+                              f"do not match its cervrt metadata ({wanted_input}, {wanted_outputs}); export it again")
+        if inputs[0].type not in _NP_TYPES:
+            raise CervrtError(f"{self.path}: its input is {inputs[0].type}; cervrt graphs take float or float16")
+        self.input_dtype = _NP_TYPES[inputs[0].type]
+        self._input_name = wanted_input
+        self._output_names = wanted_outputs
+
+    @property
+    def providers(self) -> list[str]:
+        """Every provider of the session, in priority order (the first one runs the graph)."""
+        return list(self._session.get_providers()) if self._session is not None else []
+
+    def _run(self, batch: np.ndarray) -> EngineOutput:
+        try:
+            results = self._session.run(self._output_names, {self._input_name: batch})
+        except Exception as exc:  # ORT's own exception types: a graph that cannot take this batch
+            raise CervrtError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {_first_line(exc)}") from exc
+        return EngineOutput(results[0], results[1] if len(results) > 1 else None)
+
+    def _close(self) -> None:
+        self._session = None  # ORT frees the session (and its device memory) when the last reference goes
