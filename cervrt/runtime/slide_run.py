@@ -1,0 +1,267 @@
+"""One slide through a Predictor, streamed to disk: ``Predictor.predict_slide`` does this.
+
+Outputs in ``out_dir`` (all written atomically; if the run fails or is interrupted, the ones this run
+had already finished are removed again, so a slide has all of its outputs or none):
+
+- ``NAME.mask.png``: uint8 labels 0..C-1 at the processing resolution (the model's mpp); a tiled
+  pyramidal ``NAME.mask.tiff`` with ``fmt="tiff"`` or when the mask has more than 2^30 pixels
+  (beyond what PNG readers take);
+- ``NAME.overlay.jpg``: the palette over a thumbnail of the slide, with a legend;
+- ``NAME.json``: the report (see ``slide_report``);
+- ``NAME.geojson`` with ``geojson=True``: per-class polygons in level-0 pixels (QuPath imports it).
+
+A slide without tissue (no window reaches the tissue threshold) is not an error: its mask is all
+background and the report says ``"no_tissue": true``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cervrt._io import ensure_writable_dir, write_json
+from cervrt.errors import CervrtError
+from cervrt.runtime.predictor import STAGES, Progress, Rows, StageTimer
+from cervrt.runtime.stitcher import LabelChunk
+
+__all__ = ["PNG_PIXEL_LIMIT", "THUMBNAIL_SIDE", "MaskFormat", "SlideResult", "SlideRows", "run_slide", "slide_report"]
+
+#: Masks with more pixels than this are written as tiled TIFF whatever ``fmt`` says.
+PNG_PIXEL_LIMIT = 1 << 30
+#: Longest side of the overlay and of the label thumbnail the GeoJSON is traced from.
+THUMBNAIL_SIDE = 2048
+
+
+class MaskFormat(str, enum.Enum):
+    """The label mask's file format."""
+
+    PNG = "png"
+    TIFF = "tiff"
+
+    @classmethod
+    def parse(cls, value: str | MaskFormat) -> MaskFormat:
+        try:
+            return cls(value)
+        except ValueError:
+            raise CervrtError(f"unknown mask format {value!r}: choose one of png, tiff") from None
+
+    @classmethod
+    def for_size(cls, requested: str | MaskFormat, height: int, width: int) -> MaskFormat:
+        """``requested``, except TIFF for masks over PNG_PIXEL_LIMIT pixels."""
+        fmt = cls.parse(requested)
+        return cls.TIFF if height * width > PNG_PIXEL_LIMIT else fmt
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    """What ``predict_slide`` wrote: the report (also in NAME.json) and the output paths by kind."""
+
+    name: str
+    report: dict[str, Any]
+    paths: dict[str, Path]
+
+    @property
+    def no_tissue(self) -> bool:
+        return bool(self.report["no_tissue"])
+
+
+class SlideRows:
+    """Patches of a slide read a band at a time: the ``patch`` rows of one window row, over the span of
+    that row's windows. Consecutive window rows over the same span reuse the rows they share, so each
+    slide row is read once; memory is ``patch`` x span x 3 bytes."""
+
+    def __init__(self, slide: Any, rows: Rows, gather: Callable[..., None], patch: int, mean: Sequence[float],
+                 std: Sequence[float]) -> None:
+        self._slide, self._gather, self._patch, self._mean, self._std = slide, gather, patch, mean, std
+        self._spans = {y: (int(xs[0]), int(xs[-1]) + patch) for y, xs in rows}
+        self._band: tuple[int, int, int, np.ndarray] | None = None  # y0, x0, x1, rows
+        self.rows_read = 0
+
+    def gather(self, segments: list[tuple[int, np.ndarray]], out: np.ndarray, timer: StageTimer) -> None:
+        k = 0
+        for y, xs in segments:
+            with timer("read"):
+                band, x0 = self.rows(y)
+            with timer("preprocess"):
+                self._gather(band, np.zeros(xs.size, dtype=np.int64), xs - x0, self._patch, self._mean, self._std,
+                             out[k : k + xs.size])
+            k += xs.size
+
+    def rows(self, y: int) -> tuple[np.ndarray, int]:
+        """uint8 (patch, span, 3) rows y .. y + patch over window row y's span, and the span's first column."""
+        x0, x1 = self._spans[y]
+        p = self._patch
+        if self._band is not None:
+            by, bx0, bx1, band = self._band
+            if (bx0, bx1) == (x0, x1) and by <= y < by + p:
+                if by == y:
+                    return band, x0
+                keep = by + p - y
+                fresh = np.empty_like(band)
+                fresh[:keep] = band[y - by :]
+                fresh[keep:] = self._read(by + p, x0, p - keep, x1 - x0)
+                self._band = (y, x0, x1, fresh)
+                return fresh, x0
+        self._band = (y, x0, x1, np.ascontiguousarray(self._read(y, x0, p, x1 - x0)))
+        return self._band[3], x0
+
+    def _read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        self.rows_read += h
+        return self._slide.read(y, x, h, w)
+
+
+class _LabelSink:
+    """Label chunks -> the mask writer, the label thumbnail and the per-class pixel counts."""
+
+    def __init__(self, writer: Any, thumbnail: Any, num_classes: int) -> None:
+        self.writer, self.thumbnail = writer, thumbnail
+        self.counts = np.zeros(num_classes, dtype=np.int64)
+
+    def __call__(self, chunks: list[LabelChunk]) -> None:
+        for first, labels in chunks:
+            self.writer.write(first, labels)
+            self.thumbnail.write(first, labels)
+            if labels.strides[0] == 0 and labels.strides[1] == 0:  # a read-only block of background rows
+                self.counts[int(labels[0, 0])] += labels.size
+            else:
+                self.counts += np.bincount(labels.ravel(), minlength=self.counts.size)[: self.counts.size]
+
+
+# ---- the report ------------------------------------------------------------------------------------
+
+
+def _class_table(counts: np.ndarray, class_names: Sequence[str], mpp: float | None) -> dict[str, dict[str, Any]]:
+    tissue = int(counts[1:].sum())
+    table = {}
+    for k, (name, pixels) in enumerate(zip(class_names, counts.tolist(), strict=True)):
+        table[name] = {
+            "pixels": int(pixels),
+            "mm2": None if mpp is None else pixels * mpp * mpp * 1e-6,
+            "tissue_share": None if k == 0 or tissue == 0 else pixels / tissue,
+        }
+    return table
+
+
+def slide_report(predictor: Any, slide: Any, name: str, counts: np.ndarray, run: int, skipped: int,
+                 timer: StageTimer, seconds: float, fmt: MaskFormat, paths: dict[str, Path]) -> dict[str, Any]:
+    """The NAME.json report: areas per class (pixels, mm^2 when the mpp is known, share of the tissue,
+    i.e. of pixels labelled 1..C-1), the worst grade found, patches run and skipped, seconds per stage,
+    throughput (patches/s over the patches run, Mpx/s over the slide's area at the processing
+    resolution, both over the whole call), MACs per patch and what ran."""
+    engine, settings = predictor.engine, predictor.settings
+    names = engine.class_names
+    found = [k for k in range(1, len(names)) if counts[k] > 0]
+    return {
+        "slide": str(slide.path), "name": name,
+        "width": slide.width, "height": slide.height, "mpp": slide.mpp, "native_mpp": slide.native_mpp,
+        "downsample": slide.downsample,
+        "model": {"arch": engine.metadata.get("arch"), "patch_size": engine.patch_size, "mpp": engine.mpp,
+                  "classes": list(names)},
+        "engine": engine.kind, "provider": engine.provider, "precision": engine.precision, "device": engine.device,
+        "fusion": predictor.fusion_backend,
+        "settings": {"stride": settings.stride, "blend": settings.blend.value, "batch_size": settings.batch_size,
+                     "tissue_threshold": settings.tissue_threshold},
+        "patches": {"total": run + skipped, "run": run, "skipped": skipped},
+        "no_tissue": run == 0,
+        "tissue_pixels": int(counts[1:].sum()),
+        "classes": _class_table(counts, names, slide.mpp),
+        "worst_grade": names[found[-1]] if found else None,
+        "seconds": {**{stage: round(timer.seconds[stage], 4) for stage in STAGES}, "total": round(seconds, 4)},
+        "patches_per_s": run / seconds if seconds > 0 else None,
+        "mpx_per_s": slide.width * slide.height / 1e6 / seconds if seconds > 0 else None,
+        "macs_per_patch": engine.metadata.get("macs_patch"),
+        "mask_format": fmt.value,
+        "outputs": {kind: str(path) for kind, path in paths.items()},
+    }
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+
+
+def _paths(out: Path, name: str, fmt: MaskFormat, geojson: bool) -> dict[str, Path]:
+    paths = {"mask": out / f"{name}.mask.{fmt.value}", "overlay": out / f"{name}.overlay.jpg"}
+    if geojson:
+        paths["geojson"] = out / f"{name}.geojson"
+    paths["json"] = out / f"{name}.json"
+    return paths
+
+
+@contextlib.contextmanager
+def _all_or_nothing() -> Iterator[list[Path]]:
+    """Yield a list to append finished outputs to; on any failure (Ctrl-C included) remove them again."""
+    done: list[Path] = []
+    try:
+        yield done
+    except BaseException:
+        for path in done:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+
+
+def _tissue(predictor: Any, slide: Any, timer: StageTimer) -> Any:
+    if predictor.settings.tissue_threshold <= 0:
+        return None
+    from cervrt.runtime.tissue import TissueMap
+
+    with timer("tissue"):
+        return TissueMap.from_slide(slide)
+
+
+def _write_mask(predictor: Any, slide: Any, rows: Rows, fmt: MaskFormat, path: Path, timer: StageTimer,
+                progress: Progress | None) -> tuple[int, _LabelSink]:
+    from cervrt.runtime.outputs import LabelThumbnail, MaskWriter
+
+    source = SlideRows(slide, rows, *predictor._gather_args())
+    h, w = slide.height, slide.width
+    with MaskWriter(path, h, w, fmt=fmt.value) as writer:
+        sink = _LabelSink(writer, LabelThumbnail(h, w, THUMBNAIL_SIDE), predictor.num_classes)
+        run = predictor.label_rows(source, rows, h, w, sink, timer, progress)
+        with timer("write"):
+            writer.close()
+    return run, sink
+
+
+def _write_pictures(predictor: Any, slide: Any, labels_small: np.ndarray, paths: dict[str, Path],
+                    done: list[Path]) -> None:
+    from cervrt.runtime.outputs import write_geojson, write_overlay
+
+    engine = predictor.engine
+    write_overlay(paths["overlay"], slide.thumbnail(THUMBNAIL_SIDE), labels_small, engine.palette, engine.class_names)
+    done.append(paths["overlay"])
+    if "geojson" in paths:
+        downsample = slide.downsample * slide.width / labels_small.shape[1]
+        write_geojson(paths["geojson"], labels_small, downsample, engine.class_names, engine.palette)
+        done.append(paths["geojson"])
+
+
+def run_slide(predictor: Any, path: str | Path, out_dir: str | Path, fmt: str = "png", geojson: bool = False,
+              name: str | None = None, progress: Progress | None = None) -> SlideResult:
+    """Segment the slide at ``path`` with ``predictor`` and write its outputs into ``out_dir``."""
+    from cervrt.runtime.slides import open_slide
+
+    start = time.perf_counter()
+    out = ensure_writable_dir(out_dir)
+    timer = StageTimer()
+    with open_slide(path, target_mpp=predictor.engine.mpp, mpp=predictor.settings.mpp) as slide:
+        mask_format = MaskFormat.for_size(fmt, slide.height, slide.width)
+        name = name or slide.name
+        paths = _paths(out, name, mask_format, geojson)
+        tissue = _tissue(predictor, slide, timer)
+        rows, skipped = predictor._plan(slide.height, slide.width, tissue)
+        with _all_or_nothing() as done:
+            run, sink = _write_mask(predictor, slide, rows, mask_format, paths["mask"], timer, progress)
+            done.append(paths["mask"])
+            with timer("write"):
+                _write_pictures(predictor, slide, sink.thumbnail.labels, paths, done)
+            seconds = time.perf_counter() - start
+            report = slide_report(predictor, slide, name, sink.counts, run, skipped, timer, seconds, mask_format, paths)
+            write_json(paths["json"], report)
+    return SlideResult(name, report, paths)
