@@ -8,38 +8,43 @@ The work (defaults): a 4000 x 4000 RGB image, 400 px patches at stride 100 (37 x
 - ``stitch``: the whole BandStitcher (accumulate + band moves + argmax of every row).
 
 No model runs: the probabilities come from a fixed pool of random batches, so the numbers are the
-fusion's own cost. It also copies a >= 512 MB float32 buffer with ``np.copyto`` to measure the
-machine's memory bandwidth in the same run, and reports the C accumulate's traffic as a fraction
-of it. Bytes are counted as operand traffic: for the copy, bytes read + bytes written (2 x buffer
-size); for accumulate, per window 4 * P^2 * (C reads of probs + C reads and C writes of acc + 1 read
-of weights + 1 read and 1 write of wsum) = 4 * P^2 * (3C + 3) bytes. Caches serve part of the
-accumulate's traffic (neighbouring windows overlap by 1 - stride/patch) and np.copyto runs on one
-core while the C code uses all of them, so the fraction can exceed 1: it says "as fast as memory
-moves", not "saturates DRAM".
+fusion's own cost. It also copies a 1 GiB float32 buffer with ``np.copyto`` (best of
+``--copy-repeats``, once on one thread and once split over all cores) to measure the machine's
+memory bandwidth in the same run; the faster of the two is the ceiling. Bytes are counted as
+operand traffic: for the copy, bytes read + bytes written (2 x buffer size); for accumulate, per
+window 4 * P^2 * (C reads of probs + (C + 1) reads and (C + 1) writes of the band sums acc and wsum
++ 1 read of the weights) = 4 * P^2 * (3C + 3) bytes. The ceiling in patches/s is the copy bandwidth
+divided by those bytes per window; the C accumulate's (and the whole stitch's) patches/s are
+reported as a fraction of it. Caches serve part of the accumulate's traffic (neighbouring windows
+overlap by 1 - stride/patch), so the fraction can exceed 1: it says "as fast as memory moves", not
+"saturates DRAM". The machine may be shared with other jobs: the 1-minute load average before and
+after is recorded, and the ratios (C / numpy, fraction of the copy) come from one run.
 
-Prints a table and writes ``benchmarks/results/fusion-<host>-<numpy version>.json`` atomically.
-Asserts nothing about time.
+Prints a table and writes ``benchmarks/results/fusion-<cpu>-numpy<version>-cervrt<version>.json``
+atomically. Asserts nothing about time.
 
-    python benchmarks/fusion_bench.py [--size 4000] [--patch 400] [--stride 100] [--batch 16]
+    python benchmarks/fusion_bench.py [--size 4000] [--patch 400] [--stride 100] [--batch 16] [--copy-mb 1024]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
-import re
-import socket
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cervrt import __version__
 from cervrt._io import write_json
+from cervrt.bench.machine import cpu_model, host_tag
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD
 from cervrt.runtime.fusion import FusionBackend, get_backend
 from cervrt.runtime.stitcher import BandStitcher
@@ -57,7 +62,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stride", type=int, default=100)
     parser.add_argument("--classes", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--copy-mb", type=int, default=512, help="size of the copied buffer (MB)")
+    parser.add_argument("--copy-mb", type=int, default=1024, help="size of the copied buffer (MiB)")
+    parser.add_argument("--copy-repeats", type=int, default=5, help="copies timed; the best counts")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
     return parser.parse_args(argv)
 
@@ -128,12 +134,23 @@ def _bench_stitch(backend: FusionBackend, pool: list[np.ndarray], ys: np.ndarray
     return seconds, np.concatenate([labels for _, labels in chunks])
 
 
-def _copy_bandwidth(megabytes: int) -> float:
-    """Best of three np.copyto of a float32 buffer: (bytes read + bytes written) / second."""
+def _copy_bandwidth(megabytes: int, repeats: int) -> dict[str, float]:
+    """Best of ``repeats`` np.copyto of a float32 buffer, on one thread and split over all cores, in bytes/s.
+
+    Bytes are read + written (2 x buffer size) per copy.
+    """
     src = np.ones(megabytes * 2**20 // 4, np.float32)
     dst = np.zeros_like(src)
-    best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(3))
-    return 2 * src.nbytes / best
+    threads = os.cpu_count() or 1
+    bounds = np.linspace(0, src.size, threads + 1).astype(np.int64)
+    parts = [(dst[a:b], src[a:b]) for a, b in itertools.pairwise(bounds)]
+    with ThreadPoolExecutor(threads) as pool:
+        def split() -> None:
+            list(pool.map(lambda pair: np.copyto(*pair), parts))
+
+        single = min(_timed(lambda: np.copyto(dst, src)) for _ in range(repeats))
+        multi = min(_timed(split) for _ in range(repeats))
+    return {"one_thread": 2 * src.nbytes / single, "all_cores": 2 * src.nbytes / multi}
 
 
 def _run_backend(name: str, image, ys, xs, pool, args) -> tuple[dict, np.ndarray]:
@@ -151,9 +168,8 @@ def _run_backend(name: str, image, ys, xs, pool, args) -> tuple[dict, np.ndarray
     return result, labels
 
 
-def _host_tag() -> str:
-    tag = socket.gethostname() or platform.processor() or platform.machine() or "host"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def _report(results: dict) -> None:
@@ -167,13 +183,19 @@ def _report(results: dict) -> None:
     ratio = results["c_over_numpy"]
     print("C / numpy speed: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
     bw = results["bandwidth"]
-    print(f"copy bandwidth (np.copyto, read + write): {bw['copy_gb_per_s']:.1f} GB/s; C accumulate moves "
-          f"{bw['c_accumulate_gb_per_s']:.1f} GB/s = {bw['c_accumulate_fraction_of_copy']:.0%} of it")
+    print(f"copy bandwidth (np.copyto of {bw['copy_megabytes']} MiB, read + write, best of {bw['copy_repeats']}): "
+          f"{bw['copy_one_thread_gb_per_s']:.1f} GB/s on one thread, {bw['copy_all_cores_gb_per_s']:.1f} GB/s "
+          f"on {results['cpus']} threads; ceiling {bw['copy_gb_per_s']:.1f} GB/s")
+    print(f"bytes per window 4*P^2*(3C+3) = {bw['bytes_per_window'] / 2**20:.2f} MiB -> ceiling "
+          f"{bw['ceiling_patches_per_s']:.0f} patches/s; C accumulate {bw['c_accumulate_gb_per_s']:.1f} GB/s = "
+          f"{bw['c_accumulate_fraction_of_copy']:.0%} of it, numpy {bw['numpy_accumulate_fraction_of_copy']:.0%}, "
+          f"C stitch (accumulate + band moves + argmax) {bw['c_stitch_fraction_of_copy']:.0%}")
     print(f"labels identical (C vs numpy): {results['labels_identical']}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
+    load = [_load()]
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
     ys, xs = _windows(args.size, args.patch, args.stride)
@@ -181,28 +203,40 @@ def main(argv: list[str] | None = None) -> dict:
     backends, labels = {}, {}
     for name in ("c", "numpy"):
         backends[name], labels[name] = _run_backend(name, image, ys, xs, pool, args)
-    copy_bps = _copy_bandwidth(args.copy_mb)
-    accumulate_bytes = ys.size * 4 * args.patch**2 * (3 * args.classes + 3)
+    copy = _copy_bandwidth(args.copy_mb, args.copy_repeats)
+    copy_bps = max(copy.values())
+    window_bytes = 4 * args.patch**2 * (3 * args.classes + 3)
+    accumulate_bytes = ys.size * window_bytes
     c_bps = accumulate_bytes / backends["c"]["seconds"]["accumulate"]
+    ceiling = copy_bps / window_bytes
     results = {
         "size": args.size, "patch": args.patch, "stride": args.stride, "classes": args.classes, "batch": args.batch,
-        "windows": int(ys.size), "cpus": os.cpu_count(), "python": platform.python_version(),
-        "numpy": np.__version__, "platform": platform.platform(), "backends": backends,
+        "windows": int(ys.size), "cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
+        "numpy": np.__version__, "cervrt": __version__, "platform": platform.platform(), "load_avg_1min": load,
+        "backends": backends,
         "c_over_numpy": {k: backends["c"]["patches_per_second"][k] / backends["numpy"]["patches_per_second"][k]
                          for k in backends["c"]["patches_per_second"]},
         "bandwidth": {
             "copy_megabytes": args.copy_mb,
+            "copy_repeats": args.copy_repeats,
+            "copy_one_thread_gb_per_s": copy["one_thread"] / 1e9,
+            "copy_all_cores_gb_per_s": copy["all_cores"] / 1e9,
             "copy_gb_per_s": copy_bps / 1e9,
+            "bytes_per_window": window_bytes,
+            "ceiling_patches_per_s": ceiling,
             "c_accumulate_gb_per_s": c_bps / 1e9,
             "c_accumulate_fraction_of_copy": c_bps / copy_bps,
-            "counting": "operand bytes. copy: read + written (single-threaded np.copyto); accumulate: "
-                        "4*P^2*(3C+3) per window (probs read, acc read+write, weights read, wsum read+write), "
+            "numpy_accumulate_fraction_of_copy": backends["numpy"]["patches_per_second"]["accumulate"] / ceiling,
+            "c_stitch_fraction_of_copy": backends["c"]["patches_per_second"]["stitch"] / ceiling,
+            "counting": "operand bytes. copy: read + written (np.copyto, the faster of one thread and all cores); "
+                        "accumulate: 4*P^2*(3C+3) per window (probs read, acc and wsum read+write, weights read), "
                         "partly served by caches, on all cores",
         },
         "labels_identical": bool(np.array_equal(labels["c"], labels["numpy"])),
     }
     _report(results)
-    out = args.out or RESULTS / f"fusion-{_host_tag()}-{np.__version__}.json"
+    results["load_avg_1min"].append(_load())
+    out = args.out or RESULTS / f"fusion-{host_tag(keys=('numpy', 'cervrt'))}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, results)
     print(f"wrote {out}")

@@ -207,6 +207,32 @@ def demo(out: str, minutes: float, seed: int) -> None:
     run_demo(out, minutes=minutes, seed=seed, echo=click.echo)
 
 
+@cli.command()
+@click.argument("more_models", nargs=-1, type=click.Path(dir_okay=False), metavar="[MODEL]...")
+@click.option("--models", "models", multiple=True, type=click.Path(dir_okay=False),
+              help="Artifacts to benchmark: --models A.pt B.onnx C.plan ... [build an untrained HSP-Net ResNet-34].")
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Timed batch sizes, comma-separated.")
+@click.option("--quick", is_flag=True, help="1 warm-up + 3 timed runs (not 2 + 10) and one 800x800 test slide "
+                                             "(not two of 1600x1600): a few minutes on a 2-core CPU.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--paper", is_flag=True, help="Only print the papers' parameter and FLOP figures beside cervrt's.")
+def bench(more_models: tuple[str, ...], models: tuple[str, ...], batch_sizes: str, quick: bool, device: str,
+          out: str | None, paper: bool) -> None:
+    """Measure FLOPs, latency, throughput, memory and accuracy of models side by side on this machine.
+
+    Writes OUT/report.json, OUT/report.md and PNG plots (throughput vs MACs, accuracy vs
+    throughput) and prints the markdown tables.
+    """
+    from cervrt.bench import BenchConfig, format_paper_table, format_report, paper_table, run_bench
+
+    if paper:
+        click.echo(format_paper_table(paper_table()))
+        return
+    config = BenchConfig(out=out, models=models + more_models, batch_sizes=batch_sizes, quick=quick, device=device)
+    click.echo(format_report(run_bench(config, echo=click.echo)))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="cervrt")

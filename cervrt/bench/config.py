@@ -1,0 +1,95 @@
+"""Typed settings of ``cervrt bench``: what to measure and how hard (full or ``--quick``).
+
+``BenchConfig`` is what the command line turns its options into; ``BenchSettings`` holds the
+effort knobs (warm-up and timed repeats, the synthetic slides), ``FULL`` and ``QUICK`` the two sets.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cervrt.errors import CervrtError
+
+__all__ = ["FULL", "MODEL_SUFFIXES", "QUICK", "BenchConfig", "BenchSettings", "parse_batch_sizes"]
+
+#: Artifact suffixes the benchmark accepts (those ``cervrt.engines.open_engine`` opens).
+MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".plan")
+_MAX_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How much work one benchmark does.
+
+    ``warmup`` untimed and ``repeats`` timed engine runs per batch size; ``slides`` synthetic slides
+    of ``slide_size`` px (the test set with ground truth; every one also runs end to end, timed per
+    stage); ``seed`` fixes the slides and the timing input.
+    """
+
+    name: str
+    warmup: int
+    repeats: int
+    slides: int
+    slide_size: tuple[int, int]
+    seed: int = 0
+
+
+FULL = BenchSettings("full", warmup=2, repeats=10, slides=2, slide_size=(1600, 1600))
+#: ``--quick``: 1 warm-up and 3 timed runs per batch size (not 2 and 10), one 800x800 test slide (not two of
+#: 1600x1600). The models and batch sizes stay those asked for.
+QUICK = BenchSettings("quick", warmup=1, repeats=3, slides=1, slide_size=(800, 800))
+
+
+def parse_batch_sizes(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """``"1,8"`` -> (1, 8): positive integers, duplicates removed, in the order given."""
+    if isinstance(text, (tuple, list)):
+        items = [str(v) for v in text]
+    else:
+        items = [part.strip() for part in str(text).split(",")]
+    try:
+        sizes = [int(item) for item in items]
+    except ValueError:
+        raise CervrtError(f"--batch-sizes takes comma-separated positive integers such as 1,8, got {text!r}") from None
+    if not sizes or any(not 1 <= s <= _MAX_BATCH for s in sizes):
+        raise CervrtError(f"--batch-sizes takes integers from 1 to {_MAX_BATCH} such as 1,8, got {text!r}")
+    return tuple(dict.fromkeys(sizes))
+
+
+def _check_model(path: Path) -> Path:
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise CervrtError(f"cannot benchmark {path}: expected a file ending in {', '.join(MODEL_SUFFIXES)}")
+    if not path.is_file():
+        raise CervrtError(f"model {path} does not exist" if not path.exists() else f"model {path} is not a file")
+    return path
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One ``cervrt bench`` run.
+
+    ``models`` are artifact paths (empty: build an untrained HSP-Net ResNet-34 and export it to FP32
+    and FP16 ONNX, see ``cervrt.bench.models``); ``batch_sizes`` the timed batch sizes; ``out`` the
+    report directory; ``device`` what the engines run on ("auto", "cpu", "cuda[:N]").
+    """
+
+    out: Path
+    models: tuple[Path, ...] = ()
+    batch_sizes: tuple[int, ...] = (1, 8)
+    quick: bool = False
+    device: str = "auto"
+    settings: BenchSettings = field(default=FULL)
+
+    def __post_init__(self) -> None:
+        if self.out is None:
+            raise CervrtError("cervrt bench needs --out DIR for its report (or --paper for the papers' table)")
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "models", tuple(_check_model(Path(p)) for p in self.models))
+        object.__setattr__(self, "batch_sizes", parse_batch_sizes(self.batch_sizes))
+        if self.quick and self.settings is FULL:
+            object.__setattr__(self, "settings", QUICK)
+        if self.out.exists() and not self.out.is_dir():
+            raise CervrtError(f"--out {self.out} exists and is not a directory")
+        if self.out.exists() and not os.access(self.out, os.W_OK):
+            raise CervrtError(f"--out {self.out} is not writable")

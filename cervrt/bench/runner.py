@@ -1,0 +1,139 @@
+"""``run_bench(config)``: every model x engine x precision measured in one run, then the report written.
+
+For each artifact (checkpoints first, so that the others can be compared with them):
+
+1. open it with ``cervrt.engines.open_engine`` and time ``Engine.run`` per batch size
+   (``cervrt.bench.measure``), the peak resident memory of opening plus timing alongside;
+2. run the synthetic test set end to end through the Predictor (``cervrt.bench.endtoend``) at the
+   largest batch size: seconds per stage and end-to-end / engine time;
+3. accuracy: Dice, mIoU, AP, WP against the ground truth, and the argmax agreement with the FP32
+   torch model of its checkpoint (``cervrt.bench.models.find_reference``).
+
+A model that fails (e.g. a TensorRT plan on a machine without a GPU) is reported with its error and
+the others still run. The report (``report.json``, ``report.md``, the plots) is written by
+``cervrt.bench.report``; nothing here asserts anything about time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from cervrt.bench.config import BenchConfig
+from cervrt.bench.endtoend import SlideRun, TestSlide, accuracy, agreement, make_test_set, run_slides
+from cervrt.bench.machine import machine_info
+from cervrt.bench.measure import PeakMemory, time_engine
+from cervrt.bench.models import CHECKPOINT_SUFFIXES, build_default_models, complexity, find_reference
+from cervrt.errors import CervrtError
+
+__all__ = ["SHARED_NOTE", "run_bench"]
+
+Echo = Callable[[str], None]
+
+SHARED_NOTE = ("Timings are wall-clock on this machine as it was during the run (other jobs may share it: see the "
+               "load averages); compare ratios from one report rather than figures across reports.")
+
+
+class _Run:
+    """One benchmark in progress: the config, the test set and the reference labels seen so far."""
+
+    def __init__(self, config: BenchConfig, echo: Echo) -> None:
+        self.config, self.echo = config, echo
+        self.slides: list[TestSlide] = []
+        self.labels: dict[Path, SlideRun] = {}
+
+    def slides_for(self, path: Path, tag: str) -> SlideRun:
+        key = path.resolve()
+        if key not in self.labels:
+            out = self.config.out / "runs" / tag
+            self.labels[key] = run_slides(path, self.slides, out, self.config.device, max(self.config.batch_sizes))
+        return self.labels[key]
+
+    def latency(self, path: Path) -> dict[str, Any]:
+        from cervrt.engines import open_engine
+
+        settings = self.config.settings
+        with PeakMemory() as peak, open_engine(path, device=self.config.device) as engine:
+            row = {"engine": engine.kind, "provider": engine.provider, "precision": engine.precision,
+                   "device": engine.device, "fallback": getattr(engine, "fallback", None),
+                   "num_classes": len(engine.class_names), **complexity(path, engine.metadata), "latency": []}
+            metadata = dict(engine.metadata)
+            for batch in self.config.batch_sizes:
+                if engine.max_batch is not None and batch > engine.max_batch:
+                    row["latency"].append({"batch": batch, "skipped": f"over the max batch {engine.max_batch}"})
+                    continue
+                self.echo(f"  timing batch {batch}: {settings.warmup} warm-up + {settings.repeats} timed runs")
+                row["latency"].append(time_engine(engine, batch, settings.warmup, settings.repeats, settings.seed))
+        row["memory"] = peak.result()
+        return {**row, "_metadata": metadata}
+
+    def model(self, path: Path, index: int, candidates: tuple[Path, ...]) -> dict[str, Any]:
+        tag = f"{index:02d}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name)
+        self.echo(f"[{index + 1}/{len(candidates)}] {path}")
+        row = self.latency(path)
+        metadata = row.pop("_metadata")
+        self.echo(f"  end to end over {len(self.slides)} synthetic slide(s)")
+        run = self.slides_for(path, tag)
+        row["end_to_end"] = run.summary
+        row["accuracy"] = accuracy(run.labels, self.slides, row["num_classes"])
+        reference = find_reference(path, metadata, candidates)
+        row["reference"] = None if reference is None else str(reference)
+        if reference is not None:
+            ref_run = self.slides_for(reference, f"ref-{index:02d}")
+            row["agreement"] = agreement(run.labels, ref_run.labels, self.slides)
+        else:
+            row["agreement"] = None
+        return row
+
+
+def _ordered(models: tuple[Path, ...]) -> tuple[Path, ...]:
+    first = [m for m in models if m.suffix.lower() in CHECKPOINT_SUFFIXES]
+    return tuple(first + [m for m in models if m not in first])
+
+
+def _label(path: Path, row: dict[str, Any]) -> str:
+    arch = row.get("arch") or path.stem
+    encoder = f"-{row['encoder']}" if row.get("encoder") else ""
+    return f"{arch}{encoder} {row.get('engine', '?')} {row.get('precision', '?')}"
+
+
+def _measure(run: _Run, models: tuple[Path, ...]) -> list[dict[str, Any]]:
+    rows = []
+    for index, path in enumerate(models):
+        try:
+            row = run.model(path, index, models)
+        except CervrtError as exc:
+            run.echo(f"  failed: {exc}")
+            row = {"error": str(exc)}
+        rows.append({"path": str(path), "label": _label(path, row), **row})
+    return rows
+
+
+def run_bench(config: BenchConfig, echo: Echo | None = None) -> dict[str, Any]:
+    """Measure ``config``'s models, write the report into ``config.out`` and return it."""
+    from cervrt._io import ensure_writable_dir
+    from cervrt.bench.report import write_report
+
+    echo = echo or (lambda _message: None)
+    out = ensure_writable_dir(config.out)
+    machine = machine_info()
+    note = None
+    models = config.models
+    if not models:
+        built = build_default_models(out / "models", echo)
+        models, note = built.paths, built.note
+    run = _Run(config, echo)
+    settings = config.settings
+    echo(f"writing {settings.slides} synthetic test slide(s) of {settings.slide_size[0]}x{settings.slide_size[1]}")
+    run.slides = make_test_set(out / "slides", settings.slides, settings.slide_size, settings.seed)
+    rows = _measure(run, _ordered(models))
+    machine["load_avg_end"] = machine_info()["load_avg"]
+    report = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine,
+              "settings": {**asdict(settings), "batch_sizes": list(config.batch_sizes), "device": config.device},
+              "note": note, "shared_machine": SHARED_NOTE, "models": rows}
+    write_report(report, out)
+    return report
