@@ -222,8 +222,10 @@ class Engine(abc.ABC):
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} {self.metadata.get('arch', '?')} {self.precision} on {self.device} "
-                f"({self.provider}){' closed' if self._closed else ''}>")
+        arch = getattr(self, "metadata", {}).get("arch", "?")
+        precision, device, provider = (getattr(self, name, "?") for name in ("precision", "device", "provider"))
+        where = f"{precision} on {device} ({provider})"
+        return f"<{type(self).__name__} {arch} {where}{' closed' if self._closed else ''}>"
 
 
 # ---- registry ------------------------------------------------------------------------------------
