@@ -166,44 +166,15 @@ class _ArraySource:
 
     def __init__(self, image: np.ndarray, gather: Callable[..., None], patch: int, mean: Sequence[float],
                  std: Sequence[float]) -> None:
-        self._image, self._gather, self._patch, self._mean, self._std = image, gather, patch, mean, std
+        self.image, self._gather, self._patch, self._mean, self._std = image, gather, patch, mean, std
 
     def gather(self, segments: list[tuple[int, np.ndarray]], out: np.ndarray, timer: StageTimer) -> None:
         k = 0
         with timer("preprocess"):
             for y, xs in segments:
                 ys = np.full(xs.size, y, dtype=np.int64)
-                self._gather(self._image, ys, xs, self._patch, self._mean, self._std, out[k : k + xs.size])
+                self._gather(self.image, ys, xs, self._patch, self._mean, self._std, out[k : k + xs.size])
                 k += xs.size
-
-
-class _ImageSlide:
-    """An image in memory seen as a Slide (what TissueMap.from_slide reads), at the model's resolution."""
-
-    path = Path("<image>")
-    name = "image"
-    mpp = native_mpp = None
-    downsample = 1.0
-
-    def __init__(self, image: np.ndarray) -> None:
-        self._image = image
-        self.height, self.width = image.shape[:2]
-
-    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
-        part = self._image[max(y, 0) : y + h, max(x, 0) : x + w]
-        out[max(-y, 0) : max(-y, 0) + part.shape[0], max(-x, 0) : max(-x, 0) + part.shape[1]] = part
-        return out
-
-    def thumbnail(self, max_side: int) -> np.ndarray:
-        from cervrt._cv import cv2
-
-        scale = min(1.0, max_side / max(self.height, self.width))
-        size = (max(1, round(self.width * scale)), max(1, round(self.height * scale)))
-        return self._image.copy() if scale == 1.0 else cv2.resize(self._image, size, interpolation=cv2.INTER_AREA)
-
-    def close(self) -> None:
-        """Nothing to free."""
 
 
 # ---- the Predictor ----------------------------------------------------------------------------------
@@ -415,7 +386,7 @@ class Predictor:
         from cervrt.runtime.tissue import TissueMap
 
         with timer("tissue"):
-            return TissueMap.from_slide(_ImageSlide(image))
+            return TissueMap.from_image(image)
 
     def _gather_args(self) -> tuple[Callable[..., None], int, tuple[float, ...], tuple[float, ...]]:
         return (self._backend.gather, self.engine.patch_size, tuple(map(float, self.engine.mean)),

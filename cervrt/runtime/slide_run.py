@@ -17,7 +17,6 @@ background and the report says ``"no_tissue": true``.
 from __future__ import annotations
 
 import contextlib
-import enum
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,35 +27,23 @@ import numpy as np
 
 from cervrt._io import ensure_writable_dir, write_json
 from cervrt.errors import CervrtError
+from cervrt.runtime.outputs import PNG_MAX_PIXELS, LabelThumbnail, MaskFormat, MaskWriter, write_geojson, write_overlay
 from cervrt.runtime.predictor import STAGES, Progress, Rows, StageTimer
 from cervrt.runtime.stitcher import LabelChunk
 
-__all__ = ["PNG_PIXEL_LIMIT", "THUMBNAIL_SIDE", "MaskFormat", "SlideResult", "SlideRows", "run_slide", "slide_report"]
+__all__ = ["THUMBNAIL_SIDE", "SlideResult", "SlideRows", "mask_format", "run_slide", "slide_report"]
 
-#: Masks with more pixels than this are written as tiled TIFF whatever ``fmt`` says.
-PNG_PIXEL_LIMIT = 1 << 30
 #: Longest side of the overlay and of the label thumbnail the GeoJSON is traced from.
 THUMBNAIL_SIDE = 2048
 
 
-class MaskFormat(str, enum.Enum):
-    """The label mask's file format."""
-
-    PNG = "png"
-    TIFF = "tiff"
-
-    @classmethod
-    def parse(cls, value: str | MaskFormat) -> MaskFormat:
-        try:
-            return cls(value)
-        except ValueError:
-            raise CervrtError(f"unknown mask format {value!r}: choose one of png, tiff") from None
-
-    @classmethod
-    def for_size(cls, requested: str | MaskFormat, height: int, width: int) -> MaskFormat:
-        """``requested``, except TIFF for masks over PNG_PIXEL_LIMIT pixels."""
-        fmt = cls.parse(requested)
-        return cls.TIFF if height * width > PNG_PIXEL_LIMIT else fmt
+def mask_format(requested: str | MaskFormat, height: int, width: int) -> MaskFormat:
+    """``requested`` ("png" or "tiff"), except TIFF for masks over PNG_MAX_PIXELS pixels."""
+    try:
+        fmt = MaskFormat(requested)
+    except ValueError:
+        raise CervrtError(f"unknown mask format {requested!r}: choose one of png, tiff") from None
+    return MaskFormat.TIFF if height * width > PNG_MAX_PIXELS else fmt
 
 
 @dataclass(frozen=True)
@@ -217,11 +204,9 @@ def _tissue(predictor: Any, slide: Any, timer: StageTimer) -> Any:
 
 def _write_mask(predictor: Any, slide: Any, rows: Rows, fmt: MaskFormat, path: Path, timer: StageTimer,
                 progress: Progress | None) -> tuple[int, _LabelSink]:
-    from cervrt.runtime.outputs import LabelThumbnail, MaskWriter
-
     source = SlideRows(slide, rows, *predictor._gather_args())
     h, w = slide.height, slide.width
-    with MaskWriter(path, h, w, fmt=fmt.value) as writer:
+    with MaskWriter(path, h, w, fmt=fmt, mpp=slide.mpp) as writer:
         sink = _LabelSink(writer, LabelThumbnail(h, w, THUMBNAIL_SIDE), predictor.num_classes)
         run = predictor.label_rows(source, rows, h, w, sink, timer, progress)
         with timer("write"):
@@ -229,16 +214,14 @@ def _write_mask(predictor: Any, slide: Any, rows: Rows, fmt: MaskFormat, path: P
     return run, sink
 
 
-def _write_pictures(predictor: Any, slide: Any, labels_small: np.ndarray, paths: dict[str, Path],
+def _write_pictures(predictor: Any, slide: Any, thumbnail: LabelThumbnail, paths: dict[str, Path],
                     done: list[Path]) -> None:
-    from cervrt.runtime.outputs import write_geojson, write_overlay
-
     engine = predictor.engine
-    write_overlay(paths["overlay"], slide.thumbnail(THUMBNAIL_SIDE), labels_small, engine.palette, engine.class_names)
+    labels = thumbnail.labels
+    write_overlay(paths["overlay"], slide.thumbnail(THUMBNAIL_SIDE), labels, engine.palette, engine.class_names)
     done.append(paths["overlay"])
-    if "geojson" in paths:
-        downsample = slide.downsample * slide.width / labels_small.shape[1]
-        write_geojson(paths["geojson"], labels_small, downsample, engine.class_names, engine.palette)
+    if "geojson" in paths:  # label pixel (i, j) is mask pixel (i, j) * step
+        write_geojson(paths["geojson"], labels, slide.downsample * thumbnail.step, engine.class_names, engine.palette)
         done.append(paths["geojson"])
 
 
@@ -251,17 +234,17 @@ def run_slide(predictor: Any, path: str | Path, out_dir: str | Path, fmt: str = 
     out = ensure_writable_dir(out_dir)
     timer = StageTimer()
     with open_slide(path, target_mpp=predictor.engine.mpp, mpp=predictor.settings.mpp) as slide:
-        mask_format = MaskFormat.for_size(fmt, slide.height, slide.width)
+        fmt_used = mask_format(fmt, slide.height, slide.width)
         name = name or slide.name
-        paths = _paths(out, name, mask_format, geojson)
+        paths = _paths(out, name, fmt_used, geojson)
         tissue = _tissue(predictor, slide, timer)
         rows, skipped = predictor._plan(slide.height, slide.width, tissue)
         with _all_or_nothing() as done:
-            run, sink = _write_mask(predictor, slide, rows, mask_format, paths["mask"], timer, progress)
+            run, sink = _write_mask(predictor, slide, rows, fmt_used, paths["mask"], timer, progress)
             done.append(paths["mask"])
             with timer("write"):
-                _write_pictures(predictor, slide, sink.thumbnail.labels, paths, done)
+                _write_pictures(predictor, slide, sink.thumbnail, paths, done)
             seconds = time.perf_counter() - start
-            report = slide_report(predictor, slide, name, sink.counts, run, skipped, timer, seconds, mask_format, paths)
+            report = slide_report(predictor, slide, name, sink.counts, run, skipped, timer, seconds, fmt_used, paths)
             write_json(paths["json"], report)
     return SlideResult(name, report, paths)
