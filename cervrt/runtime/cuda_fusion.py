@@ -330,18 +330,22 @@ class CudaFusion:
 
     # -- public API ----------------------------------------------------------------------------
 
-    def stage(self, image: np.ndarray, ys: Sequence[int] | np.ndarray, xs: Sequence[int] | np.ndarray) -> StagedBatch:
+    def stage(self, image: np.ndarray, ys: Sequence[int] | np.ndarray, xs: Sequence[int] | np.ndarray,
+              origin: tuple[int, int] = (0, 0)) -> StagedBatch:
         """Crop up to batch_size patches of an (H, W, 3) uint8 image into a pinned slot and upload them
-        asynchronously on the copy stream."""
+        asynchronously on the copy stream. ``origin``: where the image's pixel (0, 0) lies in the whole
+        image (a band of a slide): patches are cropped at (ys, xs) - origin, windows keep (ys, xs)."""
         self._require_open()
-        image, ys, xs = self._check_batch(image, ys, xs)
+        oy, ox = (int(v) for v in origin)
+        image, ys, xs = self._check_batch(image, np.asarray(ys) - oy, np.asarray(xs) - ox)
+        ys, xs = ys + oy, xs + ox
         index = self._next_slot
         slot = self._slots[index]
         n, cu = ys.size, _driver()
         with self.active():
             for event in (slot.uploaded, slot.released):  # the slot's last upload and its last reader
                 _check(cu.cuEventSynchronize(event), "cuEventSynchronize")
-            crop_patches(image, ys, xs, self.patch, slot.host["patches"])
+            crop_patches(image, ys - oy, xs - ox, self.patch, slot.host["patches"])
             slot.host["ys"][:n], slot.host["xs"][:n] = ys, xs
             for name, nbytes in (("patches", n * self.patch * self.patch * 3), ("ys", n * 8), ("xs", n * 8)):
                 _check(cu.cuMemcpyHtoDAsync(slot.device[name], slot.host[name].ctypes.data, nbytes,
