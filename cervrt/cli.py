@@ -233,6 +233,37 @@ def bench(more_models: tuple[str, ...], models: tuple[str, ...], batch_sizes: st
     click.echo(format_report(run_bench(config, echo=click.echo)))
 
 
+@cli.command()
+@click.argument("slides", nargs=-1, required=True, metavar="SLIDE...")
+@click.option("--engine", "model", required=True, type=click.Path(dir_okay=False),
+              help="The model: an exported .onnx, a TensorRT .plan or a .pt checkpoint.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--stride", default=None, type=click.IntRange(1), help="Window stride [a quarter of the patch].")
+@click.option("--blend", default="gaussian", show_default=True, type=click.Choice(["mean", "gaussian"]))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--mpp", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Microns per pixel of the slides (overrides the file's; needed for PNG/JPEG at another scale).")
+@click.option("--tissue-threshold", default=0.1, show_default=True, type=click.FloatRange(0, 1),
+              help="Windows with less tissue than this are not run (0: run every window).")
+@click.option("--geojson", is_flag=True, help="Also write NAME.geojson (per-class polygons for QuPath).")
+@click.option("--format", "fmt", default="png", show_default=True, type=click.Choice(["png", "tiff"]),
+              help="Mask format (tiled pyramidal TIFF is used anyway for masks over 2^30 pixels).")
+def infer(slides: tuple[str, ...], model: str, out: str, stride: int | None, blend: str, batch_size: int,
+          device: str, mpp: float | None, tissue_threshold: float, geojson: bool, fmt: str) -> None:
+    """Segment whole slides: OUT/NAME.mask.png, NAME.overlay.jpg, NAME.json (and NAME.geojson) per slide.
+
+    A bad slide is reported in one line and the others still run; the exit code is 1 if any failed.
+    """
+    from cervrt.runtime.infer import InferOptions, infer_slides
+
+    options = InferOptions(device=device, batch_size=batch_size, stride=stride, blend=blend,
+                           tissue_threshold=tissue_threshold, mpp=mpp, fmt=fmt, geojson=geojson)
+    summary = infer_slides(model, slides, out, options, echo=click.echo, error=lambda line: click.echo(line, err=True))
+    if summary.failed:
+        sys.exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="cervrt")
