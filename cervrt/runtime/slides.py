@@ -1,0 +1,495 @@
+"""Slide readers: any supported image, read at the model's processing resolution.
+
+:func:`open_slide` picks a reader by the file's suffix (see :data:`SUPPORTED_SUFFIXES`):
+
+- ``.png``, ``.jpg``, ``.jpeg``: OpenCV, read whole (such images fit in memory), also beyond OpenCV's
+  default 2^30-pixel limit (see :mod:`cervrt._cv`). A PNG or JPEG carries no trustworthy resolution, so
+  it is taken to be at the model's resolution unless ``mpp`` says otherwise (SPEC "Resolution").
+- ``.tif``, ``.tiff``, ``.ome.tif``, ``.ome.tiff``: tifffile + zarr, tiled or stripped, pyramidal or
+  not; only the tiles (or strips) a read touches are decoded. Resolution from OME ``PhysicalSizeX``,
+  an Aperio description's ``MPP``, or the ``XResolution``/``ResolutionUnit`` (inch or centimetre) tags.
+- ``.svs``, ``.ndpi``, ``.mrxs``, ``.scn``, ``.bif``, ``.vms``, ``.vmu``, ``.svslide``: OpenSlide (the
+  ``wsi`` extra), resolution from ``openslide.mpp-x``.
+
+Resolution: the processing resolution is the model's ``target_mpp``. When the slide's mpp is known
+(``mpp`` given by the user overrides the file's), the reader takes the pyramid level nearest to the
+target at or below it (finer or equal) and resamples reads to the target: Gaussian anti-aliasing then
+bilinear when shrinking, bilinear when enlarging, with exact sub-pixel registration so that
+overlapping reads agree. A whole image is resized with ``cv2.INTER_AREA`` (shrinking) or
+``cv2.INTER_LINEAR`` (enlarging). Without any mpp, level 0 is taken to be at the target. Resolutions
+outside 0.01-100 um/px (e.g. the 72 dpi an image editor writes) are ignored as not microscopic.
+
+Pixels are converted to RGB uint8: greyscale is repeated on the three channels, a palette is looked
+up, 16-bit values are scaled to 8 bits (v * 255 / 65535, rounded), an alpha channel is composited on
+white (glass), and TIFF ``MinIsWhite`` is inverted. Reads past the slide's edges are white (255).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cervrt._cv import PIXEL_LIMIT_RAISED, cv2
+from cervrt._io import optional_import
+from cervrt.errors import CervrtError
+
+__all__ = ["SUPPORTED_SUFFIXES", "ImageSlide", "OpenSlideSlide", "Slide", "TiffSlide", "open_slide"]
+
+_GLASS = 255
+_MPP_RANGE = (0.01, 100.0)  # plausible microns per pixel of a microscope image
+_TOLERANCE = 1e-3  # relative: a level within 0.1% of the target is at the target
+_BLOCK = 2048  # output pixels per side resampled at once (OpenCV's warp is limited to 32767)
+_BAND_BYTES = 64 << 20  # level bytes read at once when making a thumbnail
+_BAND_ROWS = 1024  # rows composited at once (bounds the float buffer)
+_COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif")
+
+
+# --- pixels ------------------------------------------------------------------------------------
+
+
+def _uint8(data: np.ndarray, source: Path) -> np.ndarray:
+    if data.dtype == np.uint8:
+        return data
+    if data.dtype == np.uint16:
+        return cv2.convertScaleAbs(data, alpha=255.0 / 65535.0)
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8) * 255
+    raise CervrtError(f"{source} has {data.dtype} pixels: only 8- and 16-bit images are read, save it as 8-bit RGB")
+
+
+def _composite(data: np.ndarray, colour: list[int]) -> np.ndarray:
+    """Colour channels ``colour`` of ``data`` laid over white by its last (alpha) channel, in row bands."""
+    out = np.empty((*data.shape[:2], 3), np.uint8)
+    for r in range(0, data.shape[0], _BAND_ROWS):
+        band = data[r : r + _BAND_ROWS]
+        alpha = band[..., -1:].astype(np.float32) * np.float32(1 / 255)
+        out[r : r + _BAND_ROWS] = np.rint(band[..., colour] * alpha + _GLASS * (1 - alpha))
+    return out
+
+
+def _rgb(data: np.ndarray, source: Path, bgr: bool = False) -> np.ndarray:
+    """Any greyscale/colour, with or without alpha, 8/16-bit array as (H, W, 3) RGB uint8."""
+    data = _uint8(data, source)
+    if data.ndim == 3 and data.shape[2] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        return cv2.cvtColor(np.ascontiguousarray(data), cv2.COLOR_GRAY2RGB)
+    if data.ndim != 3 or data.shape[2] not in (2, 3, 4):
+        raise CervrtError(f"{source} has pixels of shape {data.shape[2:]}: expected greyscale, RGB or RGBA")
+    if data.shape[2] == 3:
+        data = np.ascontiguousarray(data)
+        return cv2.cvtColor(data, cv2.COLOR_BGR2RGB, dst=data) if bgr else data  # in place: no second copy
+    colour = [0, 0, 0] if data.shape[2] == 2 else ([2, 1, 0] if bgr else [0, 1, 2])
+    return _composite(data, colour)
+
+
+def _crop(image: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
+    """``image[y:y+h, x:x+w]`` with white where the window leaves the image."""
+    out = np.full((h, w, 3), _GLASS, np.uint8)
+    y0, x0 = max(y, 0), max(x, 0)
+    y1, x1 = min(y + h, image.shape[0]), min(x + w, image.shape[1])
+    if y1 > y0 and x1 > x0:
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = image[y0:y1, x0:x1]
+    return out
+
+
+def _thumb_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    f = min(1.0, max_side / max(width, height))
+    return max(1, round(width * f)), max(1, round(height * f))
+
+
+def _plausible(mpp: float | None) -> float | None:
+    return mpp if mpp is not None and _MPP_RANGE[0] <= mpp <= _MPP_RANGE[1] else None
+
+
+def _nearly(a: float, b: float) -> bool:
+    return abs(a - b) <= _TOLERANCE * b
+
+
+# --- the protocol ------------------------------------------------------------------------------
+
+
+class Slide(abc.ABC):
+    """An image at the processing resolution; a context manager. See the module docstring."""
+
+    def __init__(self, path: Path, *, width: int, height: int, mpp: float | None, native_mpp: float | None,
+                 downsample: float) -> None:
+        self.path = path
+        self.name = _stem(path)
+        self.width = width
+        self.height = height
+        self.mpp = mpp
+        self.native_mpp = native_mpp
+        self.downsample = downsample
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of the window at (y, x), in processing-resolution pixels; white past the edges."""
+        if h <= 0 or w <= 0:
+            raise CervrtError(f"a slide read needs a positive size, got {h}x{w}")
+        return self._read(int(y), int(x), int(h), int(w))
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        """The whole slide as RGB uint8, aspect kept, its longer side at most ``max_side`` pixels."""
+        if max_side < 1:
+            raise CervrtError(f"a thumbnail needs max_side >= 1, got {max_side}")
+        return self._thumbnail(*_thumb_size(self.width, self.height, int(max_side)))
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the file; reads after this fail."""
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, {self.width}x{self.height}, mpp={self.mpp})"
+
+    @abc.abstractmethod
+    def _read(self, y: int, x: int, h: int, w: int) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _thumbnail(self, width: int, height: int) -> np.ndarray: ...
+
+
+# --- PNG / JPEG --------------------------------------------------------------------------------
+
+
+def _decode(path: Path) -> np.ndarray:
+    try:
+        raw = np.fromfile(path, np.uint8)
+    except OSError as exc:
+        raise CervrtError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV 5 raises, rather than returning None, for an image over its pixel limit
+        if "MAX_IMAGE" not in str(exc):
+            raise CervrtError(f"cannot decode {path}: it is corrupt or truncated") from exc
+        why = "" if PIXEL_LIMIT_RAISED else ": cv2 was imported before cervrt, so import cervrt first or"
+        raise CervrtError(f"{path} has more pixels than OpenCV's limit of "
+                          f"{os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS', 2**30)}{why or ':'} set "
+                          "OPENCV_IO_MAX_IMAGE_PIXELS higher before cv2 is imported") from exc
+    if data is None:
+        raise CervrtError(f"cannot decode {path}: it is corrupt or truncated")
+    return data
+
+
+class ImageSlide(Slide):
+    """A PNG or JPEG read whole through OpenCV and resized once to the processing resolution."""
+
+    def __init__(self, path: Path, target_mpp: float, mpp: float | None) -> None:
+        image = _rgb(_decode(path), path, bgr=True)
+        height, width = image.shape[:2]
+        downsample = 1.0 if mpp is None else target_mpp / mpp
+        if not _nearly(downsample, 1.0):
+            size = (max(1, round(width / downsample)), max(1, round(height / downsample)))
+            shrink = cv2.INTER_AREA if downsample > 1 else cv2.INTER_LINEAR
+            image = cv2.resize(image, size, interpolation=shrink)
+            height, width = image.shape[:2]
+        super().__init__(path, width=width, height=height, mpp=None if mpp is None else target_mpp,
+                         native_mpp=mpp, downsample=downsample)
+        self._image: np.ndarray | None = image
+
+    def _pixels(self) -> np.ndarray:
+        if self._image is None:
+            raise CervrtError(f"{self.path} is closed")
+        return self._image
+
+    def _read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        return _crop(self._pixels(), y, x, h, w)
+
+    def _thumbnail(self, width: int, height: int) -> np.ndarray:
+        return cv2.resize(self._pixels(), (width, height), interpolation=cv2.INTER_AREA)
+
+    def close(self) -> None:
+        self._image = None
+
+
+# --- pyramids (TIFF, OpenSlide) ----------------------------------------------------------------
+
+
+def _warp_block(region: np.ndarray, scale: float, off_y: float, off_x: float, h: int, w: int) -> np.ndarray:
+    """Output pixel (i, j) sampled at region coordinates (off_y + i * scale, off_x + j * scale)."""
+    if scale > 1.0:
+        region = cv2.GaussianBlur(region, (0, 0), (scale - 1.0) / 2.0)  # anti-aliasing before subsampling
+    m = np.array([[scale, 0.0, off_x], [0.0, scale, off_y]])
+    return cv2.warpAffine(region, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+class _PyramidSlide(Slide):
+    """Shared resolution logic of the pyramid readers; subclasses read boxes inside one level."""
+
+    def __init__(self, path: Path, target_mpp: float, mpp: float | None, *, sizes: list[tuple[int, int]],
+                 downsamples: list[float], file_mpp: float | None) -> None:
+        native = mpp if mpp is not None else _plausible(file_mpp)
+        downsample = 1.0 if native is None else target_mpp / native
+        self._sizes = sizes  # (width, height) per level
+        self._downsamples = downsamples  # level-0 pixels per level pixel
+        self._level = self._finest_coarse_enough(downsample)
+        self._scale = downsample / downsamples[self._level]  # level pixels per processing pixel
+        if _nearly(self._scale, 1.0):
+            self._scale = 1.0
+        w0, h0 = sizes[0]
+        super().__init__(path, width=max(1, round(w0 / downsample)), height=max(1, round(h0 / downsample)),
+                         mpp=None if native is None else target_mpp, native_mpp=native, downsample=downsample)
+
+    @property
+    def level(self) -> int:
+        """The pyramid level reads come from."""
+        return self._level
+
+    def _finest_coarse_enough(self, downsample: float) -> int:
+        """The coarsest level whose downsample is at most ``downsample`` (level 0 if none)."""
+        fits = [k for k, d in enumerate(self._downsamples) if d <= downsample * (1 + _TOLERANCE)]
+        return max(fits, key=lambda k: self._downsamples[k]) if fits else 0
+
+    def _read_level(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of a box in ``level`` pixels, white outside the level."""
+        width, height = self._sizes[level]
+        y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, height), min(x + w, width)
+        out = np.full((h, w, 3), _GLASS, np.uint8)
+        if y1 > y0 and x1 > x0:
+            try:
+                box = self._read_box(level, y0, x0, y1 - y0, x1 - x0)
+            except CervrtError:
+                raise
+            except Exception as exc:
+                raise CervrtError(f"cannot read {self.path} at level {level}, rows {y0}-{y1}: "
+                                  f"the file is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = box
+        return out
+
+    def _read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        if self._scale == 1.0:
+            return self._read_level(self._level, y, x, h, w)
+        out = np.empty((h, w, 3), np.uint8)
+        step = max(16, min(_BLOCK, int(30000 / max(self._scale, 1.0))))
+        for i in range(0, h, step):
+            for j in range(0, w, step):
+                out[i : i + step, j : j + step] = self._resample(y + i, x + j, min(step, h - i), min(step, w - j))
+        return out
+
+    def _resample(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """Processing pixel (y + i, x + j) is centred on level coordinate ((y + i + 0.5) * scale - 0.5, ...)."""
+        s = self._scale
+        margin = math.ceil(1.5 * max(s - 1.0, 0.0)) + 2  # the blur's reach, plus interpolation
+        ly, lx = (y + 0.5) * s - 0.5, (x + 0.5) * s - 0.5
+        r0, c0 = math.floor(ly) - margin, math.floor(lx) - margin
+        region = self._read_level(self._level, r0, c0, math.ceil((h - 1) * s) + 2 * margin + 2,
+                                  math.ceil((w - 1) * s) + 2 * margin + 2)
+        return _warp_block(region, s, ly - r0, lx - c0, h, w)
+
+    def _thumbnail(self, width: int, height: int) -> np.ndarray:
+        level = self._finest_coarse_enough(self._sizes[0][0] / width)
+        lw, lh = self._sizes[level]
+        band = max(1, int(_BAND_BYTES / (3 * lw * max(lh / height, 1.0))))  # thumbnail rows per band
+        out = np.empty((height, width, 3), np.uint8)
+        for a in range(0, height, band):
+            b = min(a + band, height)
+            r0, r1 = round(a * lh / height), max(round(b * lh / height), round(a * lh / height) + 1)
+            rows = self._read_level(level, r0, 0, r1 - r0, lw)
+            out[a:b] = cv2.resize(rows, (width, b - a), interpolation=cv2.INTER_AREA)
+        return out
+
+    @abc.abstractmethod
+    def _read_box(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """RGB uint8 of a box that lies inside ``level``."""
+
+
+def _ome_mpp(xml: str) -> float | None:
+    units = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.endswith("Pixels") and element.get("PhysicalSizeX"):
+            factor = units.get(element.get("PhysicalSizeXUnit", "µm"))
+            return None if factor is None else float(element.get("PhysicalSizeX")) * factor
+    return None
+
+
+def _tag_mpp(page: Any) -> float | None:
+    tags = page.tags
+    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None
+    num, den = tags["XResolution"].value
+    microns = {2: 25400.0, 3: 10000.0}.get(int(tags["ResolutionUnit"].value))  # inch, centimetre
+    return None if microns is None or num <= 0 else microns * den / num
+
+
+def _tiff_mpp(tif: Any) -> float | None:
+    page = tif.series[0].levels[0].keyframe
+    if tif.is_ome and (mpp := _ome_mpp(tif.ome_metadata or "")):
+        return mpp
+    match = re.search(r"\bMPP\s*=\s*([0-9.]+)", page.description or "")
+    if tif.is_svs and match:
+        return float(match.group(1))
+    return _tag_mpp(page)
+
+
+def _check_complete(series: Any, path: Path) -> None:
+    size = os.path.getsize(path)
+    for level in series.levels:
+        for page in level.pages:
+            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=True) if c]
+            if ends and max(ends) > size:
+                raise CervrtError(f"{path} is truncated: its image data runs past the end of the file")
+
+
+class TiffSlide(_PyramidSlide):
+    """A TIFF or OME-TIFF (tiled or stripped, pyramidal or not) read tile by tile through tifffile + zarr."""
+
+    def __init__(self, path: Path, target_mpp: float, mpp: float | None) -> None:
+        import tifffile  # core dependencies, imported when a TIFF is opened
+        import zarr
+        try:
+            self._tif = tifffile.TiffFile(path)
+            series = self._tif.series[0]
+            self._planar = self._check_axes(series.axes, path)
+            _check_complete(series, path)
+            file_mpp = _tiff_mpp(self._tif)
+            self._levels = [zarr.open_array(series.aszarr(level=k), mode="r") for k in range(len(series.levels))]
+        except CervrtError:
+            self._close_file()
+            raise
+        except Exception as exc:
+            self._close_file()
+            raise CervrtError(f"cannot read {path}: it is not a readable TIFF ({type(exc).__name__}: {exc})") from exc
+        keyframe = series.keyframe
+        self._photometric = int(keyframe.photometric)
+        self._colormap = keyframe.colormap
+        axes = (1, 2) if self._planar else (0, 1)
+        sizes = [(int(z.shape[axes[1]]), int(z.shape[axes[0]])) for z in self._levels]
+        super().__init__(path, target_mpp, mpp, sizes=sizes, downsamples=[sizes[0][0] / w for w, _ in sizes],
+                         file_mpp=file_mpp)
+
+    @staticmethod
+    def _check_axes(axes: str, path: Path) -> bool:
+        """True for planar (channels first) data; refuses anything but one 2-D image."""
+        if axes in ("YX", "YXS", "YXC"):
+            return False
+        if axes in ("SYX", "CYX"):
+            return True
+        raise CervrtError(f"{path} holds an image with axes {axes}: expected one 2-D greyscale or RGB image")
+
+    def _read_box(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        z = self._levels[level]
+        data = z[:, y : y + h, x : x + w].transpose(1, 2, 0) if self._planar else z[y : y + h, x : x + w]
+        if self._photometric == 3 and self._colormap is not None:  # palette
+            lut = np.rint(np.asarray(self._colormap, np.float64).T * (255 / 65535)).astype(np.uint8)
+            data = lut[data]
+        elif self._photometric == 0:  # MinIsWhite
+            data = np.iinfo(data.dtype).max - data if data.dtype.kind == "u" else ~data
+        return _rgb(data, self.path)
+
+    def _close_file(self) -> None:
+        if getattr(self, "_tif", None) is not None:
+            self._tif.close()
+            self._tif = None
+
+    def close(self) -> None:
+        self._levels = []
+        self._close_file()
+
+
+# --- OpenSlide ---------------------------------------------------------------------------------
+
+
+class OpenSlideSlide(_PyramidSlide):
+    """A vendor whole-slide image (SVS, NDPI, MRXS, ...) read through OpenSlide (the ``wsi`` extra)."""
+
+    def __init__(self, path: Path, target_mpp: float, mpp: float | None) -> None:
+        openslide = optional_import("openslide", "wsi")
+        try:
+            self._osr = openslide.OpenSlide(str(path))
+        except openslide.OpenSlideUnsupportedFormatError as exc:
+            raise CervrtError(f"cannot read {path}: OpenSlide does not recognise it (corrupt or not a slide)") from exc
+        except (openslide.OpenSlideError, OSError) as exc:
+            raise CervrtError(f"cannot read {path}: it is corrupt or truncated ({exc})") from exc
+        file_mpp = self._osr.properties.get(openslide.PROPERTY_NAME_MPP_X)
+        super().__init__(path, target_mpp, mpp, sizes=[tuple(map(int, s)) for s in self._osr.level_dimensions],
+                         downsamples=[float(d) for d in self._osr.level_downsamples],
+                         file_mpp=None if file_mpp is None else float(file_mpp))
+
+    def _read_box(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        if self._osr is None:
+            raise CervrtError(f"{self.path} is closed")
+        d = self._downsamples[level]
+        rgba = np.asarray(self._osr.read_region((round(x * d), round(y * d)), level, (w, h)))
+        return _rgb(rgba, self.path)
+
+    def close(self) -> None:
+        if getattr(self, "_osr", None) is not None:
+            self._osr.close()
+            self._osr = None
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+_READERS: dict[str, type[Slide]] = {
+    ".png": ImageSlide,
+    ".jpg": ImageSlide,
+    ".jpeg": ImageSlide,
+    ".tif": TiffSlide,
+    ".tiff": TiffSlide,
+    ".ome.tif": TiffSlide,
+    ".ome.tiff": TiffSlide,
+    **dict.fromkeys((".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide"), OpenSlideSlide),
+}
+
+#: File suffixes :func:`open_slide` reads (case-insensitive).
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_READERS)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return next((s for s in _COMPOUND_SUFFIXES if name.endswith(s)), path.suffix.lower())
+
+
+def _stem(path: Path) -> str:
+    suffix = _suffix(path)
+    return path.name[: -len(suffix)] if suffix in _READERS and len(path.name) > len(suffix) else path.stem
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise CervrtError(f"{path} does not exist")
+    if path.is_dir():
+        raise CervrtError(f"{path} is a directory: give the slide file")
+    if path.stat().st_size == 0:
+        raise CervrtError(f"{path} is empty")
+
+
+def _check_mpp(value: float, what: str) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise CervrtError(f"{what} must be a positive number of microns per pixel, got {value!r}")
+    return float(value)
+
+
+def open_slide(path: str | os.PathLike[str], target_mpp: float, mpp: float | None = None) -> Slide:
+    """Open ``path`` for reading at ``target_mpp`` (the model's microns per pixel).
+
+    ``mpp`` (microns per pixel of the file's full resolution) overrides what the file says; a PNG or
+    JPEG without it is taken to be at ``target_mpp``. Raises CervrtError for a missing, empty,
+    corrupt, truncated or unsupported file.
+    """
+    path = Path(path)
+    target_mpp = _check_mpp(target_mpp, "target_mpp")
+    mpp = None if mpp is None else _check_mpp(mpp, "mpp")
+    _check_file(path)
+    reader = _READERS.get(_suffix(path))
+    if reader is None:
+        raise CervrtError(f"{path} has an unsupported suffix {path.suffix or '(none)'}: "
+                          f"supported are {', '.join(SUPPORTED_SUFFIXES)}")
+    return reader(path, target_mpp, mpp)
