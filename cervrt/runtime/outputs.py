@@ -1,0 +1,381 @@
+"""What a slide run writes: the label mask, a label thumbnail, the overlay JPEG and QuPath GeoJSON.
+
+Every file is written atomically (a temporary name beside the target, renamed when complete; removed
+on an error or Ctrl-C), so a failed run never leaves half a file.
+
+The mask (uint8, 0 background .. 4 CIN 3, at the processing resolution) arrives as row chunks from the
+stitcher. As PNG it is held in memory (height x width bytes) and refused over 2^30 pixels. As TIFF it
+is a tiled (256 x 256, deflate) pyramid written in bounded memory: the chunks are appended to a raw
+temporary file beside the target (height x width bytes of disk, no RAM), then level 0 is tiled from it
+one 256-row strip at a time and each reduced level (2x, 4x, ... until it fits in one tile) is
+subsampled nearest-neighbour (labels must not be averaged) from rows read back one by one. The levels
+are top-level reduced-resolution pages, the layout OpenSlide reads as a "generic tiled TIFF".
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import enum
+import json
+import math
+import os
+import tempfile
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from cervrt._cv import cv2
+from cervrt._io import atomic_path
+from cervrt.errors import CervrtError
+
+__all__ = [
+    "PNG_MAX_PIXELS",
+    "LabelThumbnail",
+    "MaskFormat",
+    "MaskWriter",
+    "write_geojson",
+    "write_overlay",
+]
+
+#: Largest mask written as PNG (it is held in memory); larger masks need the TIFF format.
+PNG_MAX_PIXELS = 1 << 30
+_TILE = 256
+_JPEG_QUALITY = 90
+
+
+class MaskFormat(str, enum.Enum):
+    """File format of the label mask."""
+
+    PNG = "png"
+    TIFF = "tiff"
+
+
+def _mask_format(fmt: str | MaskFormat) -> MaskFormat:
+    try:
+        return MaskFormat(fmt)
+    except ValueError:
+        raise CervrtError(f"unknown mask format {fmt!r}: use one of {', '.join(f.value for f in MaskFormat)}") from None
+
+
+# --- mask sinks --------------------------------------------------------------------------------
+
+
+class _Sink(abc.ABC):
+    """Receives the rows of a mask in order and writes the file when they are all there."""
+
+    def __init__(self, path: Path, height: int, width: int, mpp: float | None) -> None:
+        self.path, self.height, self.width, self.mpp = path, height, width, mpp
+
+    @abc.abstractmethod
+    def write(self, first_row: int, labels: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def finish(self) -> None: ...
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop whatever was buffered."""
+
+
+class _PngSink(_Sink):
+    def __init__(self, path: Path, height: int, width: int, mpp: float | None) -> None:
+        if height * width > PNG_MAX_PIXELS:
+            raise CervrtError(f"a {height} x {width} mask is over 2^30 pixels, too large for PNG: use the tiff format")
+        super().__init__(path, height, width, mpp)
+        self._mask: np.ndarray | None = np.zeros((height, width), np.uint8)
+
+    def write(self, first_row: int, labels: np.ndarray) -> None:
+        self._mask[first_row : first_row + labels.shape[0]] = labels
+
+    def finish(self) -> None:
+        with atomic_path(self.path) as tmp:
+            if not cv2.imwrite(str(tmp), self._mask):
+                raise CervrtError(f"OpenCV could not write {self.path}")
+        self._mask = None
+
+    def abort(self) -> None:
+        self._mask = None
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _level_factors(height: int, width: int) -> list[int]:
+    """Subsampling factors of the reduced levels: 2, 4, ... until a level fits in one tile."""
+    factors, f = [], 2
+    while max(height, width) > _TILE * (f // 2):
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+class _TiffSink(_Sink):
+    def __init__(self, path: Path, height: int, width: int, mpp: float | None) -> None:
+        super().__init__(path, height, width, mpp)
+        try:
+            fd, raw = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".rows", dir=path.parent)
+        except OSError as exc:
+            raise CervrtError(f"cannot write to {path.parent}: {exc.strerror}") from exc
+        self._raw: BinaryIO = os.fdopen(fd, "w+b")
+        self._cleanup = weakref.finalize(self, _remove, raw)  # also on garbage collection
+
+    def write(self, first_row: int, labels: np.ndarray) -> None:
+        try:
+            self._raw.write(np.ascontiguousarray(labels).data)
+        except OSError as exc:
+            raise CervrtError(f"cannot write the mask rows beside {self.path}: {exc.strerror}") from exc
+
+    def finish(self) -> None:
+        import tifffile
+
+        self._raw.flush()
+        h, w = self.height, self.width
+        options = {"dtype": np.uint8, "tile": (_TILE, _TILE), "compression": "zlib", "photometric": "minisblack",
+                   "metadata": None}
+        if self.mpp:
+            options |= {"resolution": (1e4 / self.mpp, 1e4 / self.mpp), "resolutionunit": "CENTIMETER"}
+        try:
+            with atomic_path(self.path) as tmp, tifffile.TiffWriter(tmp, bigtiff=h * w >= 1 << 31) as tif:
+                tif.write(self._tiles(1), shape=(h, w), **options)
+                for f in _level_factors(h, w):
+                    if self.mpp:
+                        options["resolution"] = (1e4 / (self.mpp * f), 1e4 / (self.mpp * f))
+                    tif.write(self._tiles(f), shape=(-(-h // f), -(-w // f)), subfiletype=1, **options)
+        finally:
+            self.abort()
+
+    def _rows(self, start: int, stop: int, step: int) -> np.ndarray:
+        """Rows start, start + step, ... < stop of the raw file, every ``step``-th column."""
+        w = self.width
+        if step == 1:
+            self._raw.seek(start * w)
+            return np.frombuffer(self._raw.read((stop - start) * w), np.uint8).reshape(-1, w)
+        out = np.empty((len(range(start, stop, step)), -(-w // step)), np.uint8)
+        for i, row in enumerate(range(start, stop, step)):
+            self._raw.seek(row * w)
+            out[i] = np.frombuffer(self._raw.read(w), np.uint8)[::step]
+        return out
+
+    def _tiles(self, f: int) -> Iterator[np.ndarray]:
+        """The tiles of the level subsampled by ``f``, row by row (edge tiles are padded by tifffile)."""
+        lh, lw = -(-self.height // f), -(-self.width // f)
+        for r in range(0, lh, _TILE):
+            strip = self._rows(r * f, min(r + _TILE, lh) * f, f)
+            for c in range(0, lw, _TILE):
+                yield np.ascontiguousarray(strip[:, c : c + _TILE])
+
+    def abort(self) -> None:
+        self._raw.close()
+        self._cleanup()
+
+
+_SINKS: dict[MaskFormat, type[_Sink]] = {MaskFormat.PNG: _PngSink, MaskFormat.TIFF: _TiffSink}
+
+
+class MaskWriter:
+    """Streams a uint8 label mask to ``path`` (PNG or tiled pyramidal TIFF); a context manager.
+
+    Chunks arrive in row order and cover every row once; :meth:`close` writes (TIFF: finishes) the
+    file and renames it into place. Leaving the ``with`` block by an exception, or :meth:`abort`,
+    leaves no file. ``mpp`` (microns per pixel), when known, goes into the TIFF resolution tags.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], height: int, width: int, fmt: str | MaskFormat = "png",
+                 mpp: float | None = None) -> None:
+        self.path = Path(path)
+        self.format = _mask_format(fmt)
+        if height < 1 or width < 1:
+            raise CervrtError(f"a mask needs a positive size, got {height} x {width}")
+        if not self.path.parent.is_dir():
+            raise CervrtError(f"output directory {self.path.parent} does not exist")
+        self.height, self.width = int(height), int(width)
+        self._sink: _Sink | None = _SINKS[self.format](self.path, self.height, self.width, mpp)
+        self._next_row = 0
+
+    def write(self, first_row: int, labels: np.ndarray) -> None:
+        """Append rows ``first_row .. first_row + len(labels) - 1`` (uint8, width columns)."""
+        if self._sink is None:
+            raise CervrtError(f"the mask writer of {self.path} is closed")
+        if labels.dtype != np.uint8 or labels.ndim != 2 or labels.shape[1] != self.width:
+            raise CervrtError(f"mask rows must be uint8 (n, {self.width}), got {labels.dtype} {labels.shape}")
+        if first_row != self._next_row:
+            raise CervrtError(f"mask rows must arrive in order: expected row {self._next_row}, got {first_row}")
+        if first_row + labels.shape[0] > self.height:
+            raise CervrtError(f"mask rows run past the mask's {self.height} rows")
+        self._sink.write(first_row, labels)
+        self._next_row += labels.shape[0]
+
+    def close(self) -> None:
+        """Write the file and rename it into place; refuses (and removes) an incomplete mask."""
+        sink, self._sink = self._sink, None
+        if sink is None:
+            return
+        if self._next_row != self.height:
+            sink.abort()
+            raise CervrtError(f"the mask {self.path} is incomplete: {self._next_row} of {self.height} rows written")
+        sink.finish()
+
+    def abort(self) -> None:
+        """Drop everything written so far; no file is left."""
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.abort()
+
+    def __enter__(self) -> MaskWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# --- label thumbnail ---------------------------------------------------------------------------
+
+
+class LabelThumbnail:
+    """A nearest-neighbour subsample of streamed labels: every ``step``-th row and column.
+
+    ``step`` is the smallest integer that brings the longer side to at most ``max_side``; label pixel
+    (i, j) is mask pixel (i * step, j * step).
+    """
+
+    def __init__(self, height: int, width: int, max_side: int) -> None:
+        if height < 1 or width < 1 or max_side < 1:
+            raise CervrtError(f"a label thumbnail needs positive sizes, got {height} x {width}, max_side {max_side}")
+        self.step = max(1, math.ceil(max(height, width) / max_side))
+        self.labels = np.zeros((-(-height // self.step), -(-width // self.step)), np.uint8)
+
+    def write(self, first_row: int, labels: np.ndarray) -> None:
+        """Keep the rows of the chunk (starting at mask row ``first_row``) that fall on the grid."""
+        start = -(-first_row // self.step) * self.step  # first grid row at or after first_row
+        rows = labels[start - first_row :: self.step, :: self.step]
+        self.labels[start // self.step : start // self.step + rows.shape[0]] = rows
+
+
+# --- overlay -----------------------------------------------------------------------------------
+
+
+def _check_palette(palette: Sequence[Sequence[int]], class_names: Sequence[str], labels: np.ndarray) -> np.ndarray:
+    colours = np.asarray(palette, np.uint8).reshape(-1, 3)
+    if len(colours) != len(class_names):
+        raise CervrtError(f"the palette has {len(colours)} colours for {len(class_names)} class names")
+    if labels.size and int(labels.max()) >= len(colours):
+        raise CervrtError(f"labels go up to {int(labels.max())} but there are only {len(colours)} classes")
+    return colours
+
+
+def _legend(width: int, colours: np.ndarray, class_names: Sequence[str], present: set[int]) -> np.ndarray:
+    """A white strip (RGB) with a colour box and the name of each foreground class."""
+    scale = max(0.45, min(1.4, width / 1400))
+    box, pad = round(22 * scale), round(12 * scale)
+    thick = max(1, round(1.6 * scale))
+    entries = [(k, name if k in present else f"{name} (none)") for k, name in enumerate(class_names) if k > 0]
+    widths = [box + pad // 2 + cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, thick)[0][0] + 2 * pad
+              for _, t in entries]
+    rows, x, row = [[]], pad, 0
+    for (k, text), w in zip(entries, widths, strict=True):
+        if x + w > width and rows[-1]:
+            rows.append([])
+            x, row = pad, row + 1
+        rows[-1].append((k, text, x))
+        x += w
+    strip = np.full(((box + pad) * len(rows) + pad, width, 3), 255, np.uint8)
+    for r, entries_in_row in enumerate(rows):
+        y = pad + r * (box + pad)
+        for k, text, x0 in entries_in_row:
+            cv2.rectangle(strip, (x0, y), (x0 + box, y + box), tuple(int(c) for c in colours[k]), -1)
+            cv2.rectangle(strip, (x0, y), (x0 + box, y + box), (60, 60, 60), thick)
+            ink = (30, 30, 30) if k in present else (150, 150, 150)
+            cv2.putText(strip, text, (x0 + box + pad // 2, y + box - round(4 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.8 * scale, ink, thick, cv2.LINE_AA)
+    return strip
+
+
+def write_overlay(path: str | os.PathLike[str], thumbnail_rgb: np.ndarray, labels_small: np.ndarray,
+                  palette: Sequence[Sequence[int]], class_names: Sequence[str], alpha: float = 0.45) -> None:
+    """JPEG of the class colours blended over the slide thumbnail (background left as the slide), each
+    region outlined in its colour, with a legend strip beneath."""
+    if thumbnail_rgb.dtype != np.uint8 or thumbnail_rgb.ndim != 3 or thumbnail_rgb.shape[2] != 3:
+        raise CervrtError(f"the overlay needs an RGB uint8 thumbnail, got {thumbnail_rgb.dtype} {thumbnail_rgb.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise CervrtError(f"the overlay alpha must be within 0..1, got {alpha}")
+    colours = _check_palette(palette, class_names, labels_small)
+    h, w = thumbnail_rgb.shape[:2]
+    labels = cv2.resize(labels_small, (w, h), interpolation=cv2.INTER_NEAREST)
+    out = thumbnail_rgb.copy()
+    fg = labels > 0
+    out[fg] = np.rint((1 - alpha) * thumbnail_rgb[fg] + alpha * colours[labels[fg]]).astype(np.uint8)
+    present = {int(k) for k in np.unique(labels) if k > 0}
+    for k in sorted(present):
+        contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in colours[k]), max(1, round(w / 800)), cv2.LINE_AA)
+    image = np.vstack([out, _legend(w, colours, class_names, present)])
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
+            raise CervrtError(f"OpenCV could not write {path}")
+
+
+# --- GeoJSON -----------------------------------------------------------------------------------
+
+
+def _ring(contour: np.ndarray, downsample: float) -> list[list[float]] | None:
+    """A closed ring in level-0 pixels through the label-pixel centres, or None if degenerate."""
+    points = contour.reshape(-1, 2)
+    if len(points) < 3:
+        return None
+    ring = [[round((x + 0.5) * downsample, 1), round((y + 0.5) * downsample, 1)] for x, y in points.tolist()]
+    return [*ring, ring[0]]
+
+
+def _polygons(mask: np.ndarray, downsample: float) -> list[list[list[list[float]]]]:
+    """Polygons (exterior ring, then holes) of a binary mask; RETR_CCOMP gives outer and hole contours."""
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    links = hierarchy[0]  # next, previous, first child, parent
+    polygons = []
+    for i, contour in enumerate(contours):
+        if links[i][3] != -1 or (exterior := _ring(contour, downsample)) is None:
+            continue
+        rings, child = [exterior], links[i][2]
+        while child != -1:
+            if (hole := _ring(contours[child], downsample)) is not None:
+                rings.append(hole)
+            child = links[child][0]
+        polygons.append(rings)
+    return polygons
+
+
+def write_geojson(path: str | os.PathLike[str], labels_small: np.ndarray, downsample: float,
+                  class_names: Sequence[str], palette: Sequence[Sequence[int]]) -> None:
+    """A QuPath-importable FeatureCollection: one annotation per class present (background left out),
+    a MultiPolygon with holes, in level-0 pixels (label pixel (i, j) is centred on level-0
+    ((j + 0.5) * downsample, (i + 0.5) * downsample)), classified by class name and palette colour."""
+    colours = _check_palette(palette, class_names, labels_small)
+    if not downsample > 0:
+        raise CervrtError(f"the GeoJSON downsample must be positive, got {downsample}")
+    features = []
+    for k in sorted(int(v) for v in np.unique(labels_small) if v > 0):
+        polygons = _polygons((labels_small == k).astype(np.uint8), float(downsample))
+        if not polygons:
+            continue
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "MultiPolygon", "coordinates": polygons},
+            "properties": {
+                "objectType": "annotation",
+                "name": class_names[k],
+                "classification": {"name": class_names[k], "color": [int(c) for c in colours[k]]},
+                "isLocked": False,
+            },
+        })
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}) + "\n")
