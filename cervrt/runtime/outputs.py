@@ -272,6 +272,12 @@ def _check_palette(palette: Sequence[Sequence[int]], class_names: Sequence[str],
     return colours
 
 
+def _outline(colour: np.ndarray) -> tuple[int, int, int]:
+    """A region's outline: its colour, or dark grey for a colour too light to see on H&E (white, normal)."""
+    light = float(np.dot(colour, (0.299, 0.587, 0.114))) > 200
+    return (90, 90, 90) if light else (int(colour[0]), int(colour[1]), int(colour[2]))
+
+
 def _legend(width: int, colours: np.ndarray, class_names: Sequence[str], present: set[int]) -> np.ndarray:
     """A white strip (RGB) with a colour box and the name of each foreground class."""
     scale = max(0.45, min(1.4, width / 1400))
@@ -302,7 +308,7 @@ def _legend(width: int, colours: np.ndarray, class_names: Sequence[str], present
 def write_overlay(path: str | os.PathLike[str], thumbnail_rgb: np.ndarray, labels_small: np.ndarray,
                   palette: Sequence[Sequence[int]], class_names: Sequence[str], alpha: float = 0.45) -> None:
     """JPEG of the class colours blended over the slide thumbnail (background left as the slide), each
-    region outlined in its colour, with a legend strip beneath."""
+    region outlined in its colour (dark grey for white), with a legend strip beneath."""
     if thumbnail_rgb.dtype != np.uint8 or thumbnail_rgb.ndim != 3 or thumbnail_rgb.shape[2] != 3:
         raise CervrtError(f"the overlay needs an RGB uint8 thumbnail, got {thumbnail_rgb.dtype} {thumbnail_rgb.shape}")
     if not 0.0 <= alpha <= 1.0:
@@ -316,7 +322,7 @@ def write_overlay(path: str | os.PathLike[str], thumbnail_rgb: np.ndarray, label
     present = {int(k) for k in np.unique(labels) if k > 0}
     for k in sorted(present):
         contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, tuple(int(c) for c in colours[k]), max(1, round(w / 800)), cv2.LINE_AA)
+        cv2.drawContours(out, contours, -1, _outline(colours[k]), max(1, round(w / 800)), cv2.LINE_AA)
     image = np.vstack([out, _legend(w, colours, class_names, present)])
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
