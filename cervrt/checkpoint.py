@@ -124,8 +124,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def describe(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The descriptive part of a checkpoint: plain JSON-friendly values."""
-    return {key: checkpoint[key] for key in DESCRIPTION_KEYS}
+    """The descriptive part of a checkpoint: plain JSON-friendly values.
+
+    ``gate_epsilon`` (the WSSS classification gate) is included when the checkpoint has one, so
+    that exported artifacts carry it; without it there is no gate.
+    """
+    described = {key: checkpoint[key] for key in DESCRIPTION_KEYS}
+    if checkpoint.get("gate_epsilon") is not None:
+        described["gate_epsilon"] = float(checkpoint["gate_epsilon"])
+    return described
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> Any:

@@ -9,6 +9,7 @@ from cervrt.models.ensemble import EnsembleA
 from cervrt.models.hspnet import HSPNet
 from cervrt.models.registry import ModelSpec, create_model, get_spec, list_models, register_model
 from cervrt.models.weights import load_encoder_weights
+from cervrt.models.wsss import WSSSSegmenter
 
 __all__ = [
     "DeepLabV3Plus",
@@ -17,6 +18,7 @@ __all__ = [
     "ModelSpec",
     "PatchClassifier",
     "SegmentationModel",
+    "WSSSSegmenter",
     "create_model",
     "get_spec",
     "list_models",
@@ -34,3 +36,6 @@ register_model("ensemble_a", {"encoder": _ENCODERS}, {"encoder": "resnet101"},
                "DeepLab v3+ with the assisted patch classifier at point A (MTCHI ensemble)")(EnsembleA)
 register_model("classifier", {"encoder": _ENCODERS}, {"encoder": "resnet101"},
                "ResNet patch classifier over the 4 foreground classes (pseudo-labeling's M)")(PatchClassifier)
+register_model("wsss_seg", {"encoder": _ENCODERS, "cls_encoder": _ENCODERS},
+               {"encoder": "resnet101", "cls_encoder": "resnet101"},
+               "WSSS: HSP-Net trained on multi-layer pseudo masks plus the PDA patch classifier (gate)")(WSSSSegmenter)

@@ -32,7 +32,7 @@ from cervrt.train.data import PatchDataset, list_regions, load_region, split_reg
 from cervrt.train.evaluate import SlidingWindow, evaluate_regions
 from cervrt.train.losses import EnsembleLoss, build_loss
 
-__all__ = ["TrainConfig", "TrainResult", "resolve_device", "train"]
+__all__ = ["TrainConfig", "TrainHooks", "TrainResult", "resolve_device", "train"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,19 @@ class TrainConfig:
             raise CervrtError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr <= 0:
             raise CervrtError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """Swap this loop's patch dataset and loss (WSSS phase 2 trains on pseudo masks this way).
+
+    ``dataset(train_regions, config)`` returns a map-style dataset of ``(image, target, label)``
+    with ``set_epoch(epoch)``; ``loss(config)`` returns a module called as ``loss(logits, target)``
+    with ``set_progress(fraction)``. Pass the same hooks again to resume.
+    """
+
+    dataset: Callable[[list[Any], TrainConfig], Any]
+    loss: Callable[[TrainConfig], nn.Module]
 
 
 @dataclass
@@ -121,9 +134,9 @@ def _cosine(total_steps: int) -> Callable[[int], float]:
 class _Run:
     """One training run's state: model, data, optimiser, schedule, loss, history."""
 
-    def __init__(self, config: TrainConfig, resume: dict[str, Any] | None) -> None:
+    def __init__(self, config: TrainConfig, resume: dict[str, Any] | None, hooks: TrainHooks | None = None) -> None:
         config.check()
-        self.config = config
+        self.config, self.hooks = config, hooks
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         self.arch_kwargs = _arch_kwargs(config)
@@ -138,7 +151,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(config.epochs * self.steps_per_epoch))
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        seg_loss = build_loss(config.loss)
+        seg_loss = hooks.loss(config) if hooks else build_loss(config.loss)
         self.loss = EnsembleLoss(seg_loss) if self.model.has_classifier else seg_loss
         self.start_epoch, self.history, self.best = 0, [], (-math.inf, 0, {})
         if resume is not None:
@@ -148,8 +161,9 @@ class _Run:
         c = self.config
         regions = list_regions(c.data)
         train_regions, val_regions = split_regions(regions, c.val_fraction, c.seed) if c.val_fraction else (regions, [])
-        self.dataset = PatchDataset(train_regions, patch=c.patch_size, stride=c.stride, min_foreground=c.min_foreground,
-                                    augment=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=c.seed)
+        self.dataset = self.hooks.dataset(train_regions, c) if self.hooks else PatchDataset(
+            train_regions, patch=c.patch_size, stride=c.stride, min_foreground=c.min_foreground,
+            augment=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=c.seed)
         if len(self.dataset) == 0:
             raise CervrtError(f"no training patch of {c.patch_size} px has {c.min_foreground:.0%} foreground in {c.data}")
         generator = torch.Generator().manual_seed(c.seed)
@@ -237,14 +251,14 @@ def _resume_config(path: str, overrides: dict[str, Any]) -> tuple[TrainConfig, d
 
 
 def train(config: TrainConfig | None = None, resume: str | None = None, overrides: dict[str, Any] | None = None,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print, hooks: TrainHooks | None = None) -> TrainResult:
     """Train (or resume) a model; returns where the checkpoints went and the metrics."""
     ckpt = None
     if resume is not None:
         config, ckpt = _resume_config(resume, overrides or {})
     if config is None:
         raise CervrtError("train needs a config or a checkpoint to resume")
-    run = _Run(config, ckpt)
+    run = _Run(config, ckpt, hooks)
     log(f"training {config.arch} ({run.arch_kwargs}) on {len(run.dataset)} patches of {config.patch_size} px "
         f"from {config.data}; {len(run.val)} validation regions; device {run.device}")
     start = time.monotonic()
