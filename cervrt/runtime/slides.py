@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from cervrt._cv import PIXEL_LIMIT_RAISED, cv2
+from cervrt._cv import PIXEL_LIMIT, PIXEL_LIMIT_RAISED, cv2
 from cervrt._io import optional_import
 from cervrt.errors import CervrtError
 
@@ -174,10 +174,9 @@ def _decode(path: Path) -> np.ndarray:
     except cv2.error as exc:  # OpenCV 5 raises, rather than returning None, for an image over its pixel limit
         if "MAX_IMAGE" not in str(exc):
             raise CervrtError(f"cannot decode {path}: it is corrupt or truncated") from exc
-        why = "" if PIXEL_LIMIT_RAISED else ": cv2 was imported before cervrt, so import cervrt first or"
-        raise CervrtError(f"{path} has more pixels than OpenCV's limit of "
-                          f"{os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS', 2**30)}{why or ':'} set "
-                          "OPENCV_IO_MAX_IMAGE_PIXELS higher before cv2 is imported") from exc
+        late = "" if PIXEL_LIMIT_RAISED else " import cervrt before cv2, or"
+        raise CervrtError(f"{path} has more pixels than OpenCV's decode limit of {PIXEL_LIMIT}:{late} set "
+                          "OPENCV_IO_MAX_IMAGE_PIXELS higher before cv2 is first imported") from exc
     if data is None:
         raise CervrtError(f"cannot decode {path}: it is corrupt or truncated")
     return data

@@ -133,13 +133,13 @@ def _child(code: str, **env: str) -> str:
 
 def test_opencv_pixel_limit_is_raised_before_cv2_is_imported():
     code = "import sys, os; import cervrt.runtime.slides, cervrt._cv as c; " \
-           "print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'], c.PIXEL_LIMIT_RAISED)"
+           "print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'], c.PIXEL_LIMIT, c.PIXEL_LIMIT_RAISED)"
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert run.stdout.split() == [str(1 << 40), "True"]
+    assert run.stdout.split() == [str(1 << 40), str(1 << 40), "True"]
     run = subprocess.run([sys.executable, "-c", "import cv2; " + code], capture_output=True, text=True, check=True,
                          env=env)
-    assert run.stdout.split() == [str(1 << 40), "False"]  # cv2 came first: its default limit stays, and we know it
+    assert run.stdout.split() == [str(1 << 40), str(1 << 30), "False"]  # cv2 came first: its default stays
 
 
 def test_opencv_reads_the_limit_we_pass_at_import(tmp_path):
