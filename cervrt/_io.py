@@ -9,7 +9,7 @@ import contextlib
 import importlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,22 @@ def ensure_writable_dir(directory: str | os.PathLike[str], create: bool = True) 
     return path
 
 
+def _create_temporary(directory: Path, target: Path) -> Path:
+    """A new empty file beside ``target``, with the permissions the user's umask gives any new file.
+
+    (``tempfile.mkstemp`` would make it 0600, and the rename would hand that on to the output.)
+    """
+    while True:
+        tmp = directory / f".{target.name}.{secrets.token_hex(4)}.tmp{target.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise CervrtError(f"cannot write to {directory}: {exc.strerror}") from exc
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it over ``target`` on success.
@@ -55,12 +71,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise CervrtError(f"output directory {directory} does not exist")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=directory)
-    except OSError as exc:
-        raise CervrtError(f"cannot write to {directory}: {exc.strerror}") from exc
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temporary(directory, target)
     try:
         yield tmp
         os.replace(tmp, target)

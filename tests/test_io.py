@@ -1,0 +1,43 @@
+"""Atomic outputs: all or nothing, and with the permissions any new file of the user gets."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from cervrt._io import atomic_path, write_json
+from cervrt.errors import CervrtError
+
+
+def test_output_gets_the_umask_permissions_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "report.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o644
+
+
+def test_failure_leaves_the_previous_file_and_no_temporary(tmp_path):
+    target = tmp_path / "mask.png"
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".png" and tmp.exists()
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png"]
+
+
+def test_success_replaces_the_target(tmp_path):
+    target = tmp_path / "m.onnx"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_missing_directory_is_one_clear_error(tmp_path):
+    with pytest.raises(CervrtError, match="does not exist"), atomic_path(tmp_path / "nowhere" / "x.json"):
+        pass
