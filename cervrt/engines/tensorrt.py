@@ -146,7 +146,7 @@ class TensorRTEngine(Engine):
         self._host: dict[str, np.ndarray] = {}
         self._pinned: list[int] = []
         self._capacity = 0
-        self._open(trt, requested.ordinal, batch_size or self.max_batch)
+        self._open(trt, requested.ordinal, max(batch_size or self.max_batch, self._min_batch))
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -245,6 +245,9 @@ class TensorRTEngine(Engine):
 
     def _enqueue(self, n: int, input_ptr: int, stream: Any) -> None:
         """Set the batch's shape and input address, then enqueue the engine on ``stream``."""
+        if n < self._min_batch:
+            raise CervrtError(f"the plan's profile takes batches of {self._min_batch} to {self.max_batch} patches, "
+                              f"got {n}: pad the batch or build the plan with a smaller minimum")
         if n > self._capacity:
             self._allocate(n)
         _ok(self._context.set_input_shape(self._input.name, self._input_shape(n)), f"the input shape of {n} patches")

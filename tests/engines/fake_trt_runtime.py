@@ -40,7 +40,7 @@ def reference(batch: np.ndarray, with_classifier: bool) -> tuple[np.ndarray, np.
     return probs.astype(np.float32), None if class_probs is None else class_probs.astype(np.float32)
 
 
-def plan_metadata(*, version: str = "10.13.3.9", gpu: tuple[str, str] = GPU, max_batch: int = 4,
+def plan_metadata(*, version: str = "10.13.3.9", gpu: tuple[str, str] = GPU, max_batch: int = 4, min_batch: int = 1,
                   with_classifier: bool = False, precision: str = "fp32") -> dict[str, Any]:
     outputs = ["probs", "class_probs"] if with_classifier else ["probs"]
     return {"format": "cervrt.tensorrt", "format_version": 1, "arch": "hspnet", "arch_kwargs": {},
@@ -49,7 +49,7 @@ def plan_metadata(*, version: str = "10.13.3.9", gpu: tuple[str, str] = GPU, max
             "precision": precision, "opset": 18, "input": "image", "outputs": outputs,
             "has_classifier": with_classifier, "tensorrt_version": version, "gpu_name": gpu[0],
             "compute_capability": gpu[1],
-            "profile": {"input": "image", "min": [1, 3, PATCH, PATCH], "opt": [2, 3, PATCH, PATCH],
+            "profile": {"input": "image", "min": [min_batch, 3, PATCH, PATCH], "opt": [2, 3, PATCH, PATCH],
                         "max": [max_batch, 3, PATCH, PATCH]}}
 
 
@@ -78,7 +78,7 @@ def _view(address: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def make_fake_trt_runtime(version: str = "10.13.3.9", *, with_classifier: bool = False, input_name: str = "image",
-                          io_dtype: type = np.float32, max_batch: int = 4) -> types.ModuleType:
+                          io_dtype: type = np.float32, max_batch: int = 4, min_batch: int = 1) -> types.ModuleType:
     """A fake ``tensorrt`` module; ``module.events`` lists creations, executions and destructions in order."""
     trt = types.ModuleType("tensorrt")
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
@@ -109,7 +109,7 @@ def make_fake_trt_runtime(version: str = "10.13.3.9", *, with_classifier: bool =
         def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
             assert tensors[name] is trt.TensorIOMode.INPUT, f"set_input_shape on output {name}"
             shape = tuple(shape)
-            if len(shape) != 4 or not 1 <= shape[0] <= max_batch or shape[1:] != (3, PATCH, PATCH):
+            if len(shape) != 4 or not min_batch <= shape[0] <= max_batch or shape[1:] != (3, PATCH, PATCH):
                 return False
             self.shape = shape
             return True
