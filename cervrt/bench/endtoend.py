@@ -20,11 +20,11 @@ import numpy as np
 
 from cervrt.bench.measure import PeakMemory
 
-__all__ = ["SlideRun", "TestSlide", "accuracy", "agreement", "make_test_set", "run_slides"]
+__all__ = ["SlideRun", "SynthSlide", "accuracy", "agreement", "make_test_set", "run_slides"]
 
 
 @dataclass(frozen=True)
-class TestSlide:
+class SynthSlide:
     """A synthetic slide on disk and its ground-truth mask (uint8, 0..4)."""
 
     path: Path
@@ -39,7 +39,7 @@ class SlideRun:
     labels: tuple[np.ndarray, ...]
 
 
-def make_test_set(directory: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[TestSlide]:
+def make_test_set(directory: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[SynthSlide]:
     """``count`` synthetic slides of ``size`` (height, width) as PNG files in ``directory``."""
     from cervrt._cv import cv2
     from cervrt._io import atomic_path
@@ -52,7 +52,7 @@ def make_test_set(directory: Path, count: int, size: tuple[int, int], seed: int 
         path = directory / f"synthetic_{index:02d}.png"
         with atomic_path(path) as tmp:
             cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1]))
-        slides.append(TestSlide(path, mask))
+        slides.append(SynthSlide(path, mask))
     return slides
 
 
@@ -77,7 +77,7 @@ def _summarise(reports: list[dict[str, Any]], wall: float, peak: dict[str, Any])
             "fusion": reports[0].get("fusion"), "batch_size": reports[0]["settings"]["batch_size"], **peak}
 
 
-def run_slides(model: Path, slides: list[TestSlide], out_dir: Path, device: str, batch_size: int) -> SlideRun:
+def run_slides(model: Path, slides: list[SynthSlide], out_dir: Path, device: str, batch_size: int) -> SlideRun:
     """Every slide through a Predictor on ``model``; seconds per stage summed, labels read back."""
     from cervrt.runtime.predictor import Predictor
 
@@ -92,7 +92,7 @@ def run_slides(model: Path, slides: list[TestSlide], out_dir: Path, device: str,
     return SlideRun(_summarise(reports, wall, peak.result()), tuple(labels))
 
 
-def accuracy(labels: tuple[np.ndarray, ...], slides: list[TestSlide], num_classes: int) -> dict[str, Any]:
+def accuracy(labels: tuple[np.ndarray, ...], slides: list[SynthSlide], num_classes: int) -> dict[str, Any]:
     """Dice, mIoU, AP, WP (and FwIoU) of ``labels`` against the slides' ground truth."""
     from cervrt.metrics import MetricAccumulator
 
@@ -104,7 +104,7 @@ def accuracy(labels: tuple[np.ndarray, ...], slides: list[TestSlide], num_classe
 
 
 def agreement(labels: tuple[np.ndarray, ...], reference: tuple[np.ndarray, ...],
-              slides: list[TestSlide]) -> dict[str, float]:
+              slides: list[SynthSlide]) -> dict[str, float]:
     """Share of equal labels: over tissue pixels (ground truth != 0) and over all pixels."""
     same_tissue = tissue = same = total = 0
     for pred, ref, slide in zip(labels, reference, slides, strict=True):

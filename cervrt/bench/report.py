@@ -35,6 +35,16 @@ def best_latency(row: dict[str, Any]) -> dict[str, Any] | None:
     return max(timed, key=lambda t: t["patches_per_s"]) if timed else None
 
 
+def _si(value: Any) -> str:
+    """1234 -> 1.23K, 5.9e7 -> 59.34M, 6.4e10 -> 63.99G; None -> --."""
+    if value is None:
+        return _MISSING
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return f"{value:g}"
+
+
 def _speed_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| model | engine (device) | params | MACs@384 | MACs@patch | batch | p50 ms | p90 ms | spread "
              "| patches/s | Mpx/s | peak RSS MiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -42,8 +52,8 @@ def _speed_table(rows: list[dict[str, Any]]) -> list[str]:
         if "error" in row:
             lines.append(f"| {row['label']} | failed: {row['error']} |" + " |" * 10)
             continue
-        head = (f"| {row['label']} | {row['provider']} ({row['device']}) | {_num(row['params'], '.2f', 1e6)}M "
-                f"| {_num(row['macs_384'], '.2f', 1e9)}G | {_num(row['macs_patch'], '.2f', 1e9)}G@{row['patch_size']}")
+        head = (f"| {row['label']} | {row['provider']} ({row['device']}) | {_si(row['params'])} "
+                f"| {_si(row['macs_384'])} | {_si(row['macs_patch'])} @{row['patch_size']}")
         memory = _num(row["memory"]["peak_rss_mib"], ".0f")
         for t in row["latency"]:
             if "skipped" in t:
@@ -98,13 +108,16 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _scatter(ax: Any, rows: list[dict[str, Any]], x: Any, y: Any, marker: str = "o", label: str | None = None) -> None:
+def _scatter(ax: Any, rows: list[dict[str, Any]], x: Any, y: Any, hollow: bool = False,
+             label: str | None = None) -> None:
+    """One point per row (rows without both figures left out); filled points are labelled with the model."""
     points = [(x(r), y(r), r["label"]) for r in rows]
     points = [(a, b, name) for a, b, name in points if a is not None and b is not None and not math.isnan(b)]
     for k, (a, b, name) in enumerate(points):
-        ax.scatter([a], [b], marker=marker, s=60, label=label if k == 0 else None,
-                   facecolors="none" if marker == "s" else None, edgecolors="C1" if marker == "s" else None)
-        ax.annotate(name, (a, b), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        style = {"facecolors": "none", "edgecolors": "C1", "marker": "s"} if hollow else {"color": "C0"}
+        ax.scatter([a], [b], s=60, label=label if k == 0 else None, **style)
+        if not hollow:
+            ax.annotate(name, (a, b), textcoords="offset points", xytext=(5, 5), fontsize=8)
 
 
 def _plots(report: dict[str, Any], out: Path) -> None:
@@ -121,9 +134,10 @@ def _plots(report: dict[str, Any], out: Path) -> None:
     ax.grid(alpha=0.3)
     _save(fig, out / PLOTS[0], plt)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _scatter(ax, rows, speed, lambda r: r["accuracy"]["dice"], "o", "Dice vs ground truth")
-    _scatter(ax, rows, speed, lambda r: (r.get("agreement") or {}).get("tissue"), "s", "agreement with FP32 torch")
-    ax.set(xlabel="patches/s (best batch size)", ylabel="Dice / agreement on tissue", title=title)
+    _scatter(ax, rows, speed, lambda r: r["accuracy"]["dice"], label="Dice vs ground truth")
+    _scatter(ax, rows, speed, lambda r: (r.get("agreement") or {}).get("tissue"), True,
+             "argmax agreement with FP32 torch (tissue)")
+    ax.set(xlabel="patches/s (best batch size)", ylabel="Dice / agreement", title=title, ylim=(0, 1.05))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     _save(fig, out / PLOTS[1], plt)

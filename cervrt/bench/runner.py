@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cervrt.bench.config import BenchConfig
-from cervrt.bench.endtoend import SlideRun, TestSlide, accuracy, agreement, make_test_set, run_slides
+from cervrt.bench.endtoend import SlideRun, SynthSlide, accuracy, agreement, make_test_set, run_slides
 from cervrt.bench.machine import machine_info
 from cervrt.bench.measure import PeakMemory, time_engine
 from cervrt.bench.models import CHECKPOINT_SUFFIXES, build_default_models, complexity, find_reference
@@ -43,7 +43,7 @@ class _Run:
 
     def __init__(self, config: BenchConfig, echo: Echo) -> None:
         self.config, self.echo = config, echo
-        self.slides: list[TestSlide] = []
+        self.slides: list[SynthSlide] = []
         self.labels: dict[Path, SlideRun] = {}
 
     def slides_for(self, path: Path, tag: str) -> SlideRun:
