@@ -228,6 +228,30 @@ def test_tiff_resolution_from_inch_tags_ome_and_user(tmp_path):
         assert d.native_mpp == 0.45 and d.width == 32
 
 
+def test_ome_tiff_pyramid_in_subifds(tmp_path):
+    image = _rng_image(256, 384)
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(image, tile=(64, 64), photometric="rgb", subifds=1, metadata={"PhysicalSizeX": 0.25,
+                                                                                "PhysicalSizeY": 0.25})
+        tif.write(image[::2, ::2], tile=(64, 64), photometric="rgb", subfiletype=1)
+    with open_slide(path, target_mpp=0.5) as slide:
+        assert (slide.name, slide.level, slide.native_mpp, slide.width) == ("slide", 1, 0.25, 192)
+        np.testing.assert_array_equal(slide.read(3, 4, 50, 60), image[::2, ::2][3:53, 4:64])
+
+
+def test_reads_from_several_threads_agree(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    corners = [(y, x) for y in range(0, 200, 40) for x in range(0, 300, 60)]
+    with open_slide(_pyramid(tmp_path / "s.tif", _rng_image(400, 600)), target_mpp=0.6) as slide:
+        serial = [slide.read(y, x, 64, 64) for y, x in corners]
+        with ThreadPoolExecutor(4) as pool:
+            threaded = list(pool.map(lambda c: slide.read(c[0], c[1], 64, 64), corners))
+    for a, b in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_strip_tiff_and_conversions(tmp_path):
     grey16 = (np.arange(30 * 40).reshape(30, 40) * 50).astype(np.uint16)
     tifffile.imwrite(tmp_path / "g.tif", grey16, rowsperstrip=7)
