@@ -233,7 +233,9 @@ def run_slide(predictor: Any, path: str | Path, out_dir: str | Path, fmt: str = 
     start = time.perf_counter()
     out = ensure_writable_dir(out_dir)
     timer = StageTimer()
-    with open_slide(path, target_mpp=predictor.engine.mpp, mpp=predictor.settings.mpp) as slide:
+    with timer("read"):  # PNG/JPEG are decoded here
+        slide = open_slide(path, target_mpp=predictor.engine.mpp, mpp=predictor.settings.mpp)
+    with slide:
         fmt_used = mask_format(fmt, slide.height, slide.width)
         name = name or slide.name
         paths = _paths(out, name, fmt_used, geojson)
