@@ -117,7 +117,11 @@ def _nearly(a: float, b: float) -> bool:
 
 
 class Slide(abc.ABC):
-    """An image at the processing resolution; a context manager. See the module docstring."""
+    """An image at the processing resolution; a context manager. See the module docstring.
+
+    :meth:`read` and :meth:`thumbnail` may be called from several threads at once (tifffile serialises
+    its file reads, OpenSlide is thread-safe, an in-memory image is only read); :meth:`close` may not.
+    """
 
     def __init__(self, path: Path, *, width: int, height: int, mpp: float | None, native_mpp: float | None,
                  downsample: float) -> None:
