@@ -61,13 +61,16 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = f" (it references {found.group(1)})" if found else ""
+        if found is None:  # not a pickle stream at all ("Unsupported operand"): damaged, not dangerous
+            raise CervrtError(f"{path} is not a readable PyTorch file (truncated or corrupt?)") from None
         raise CervrtError(
-            f"{path} was refused: it holds pickled objects other than tensors and plain types{what}, "
-            "which could run code; only load checkpoints saved by cervrt or as plain state_dicts"
+            f"{path} was refused: it holds pickled objects other than tensors and plain types (it references "
+            f"{found.group(1)}), which could run code; only load checkpoints saved by cervrt or as plain state_dicts"
         ) from None
     except Exception as exc:
-        raise CervrtError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {_first_line(exc)}") from None
+        reason = _first_line(exc)
+        detail = f": {reason}" if " " in reason else ""  # a KeyError's bare '101' tells the user nothing
+        raise CervrtError(f"{path} is not a readable PyTorch file (truncated or corrupt?){detail}") from None
 
 
 def _first_line(exc: BaseException) -> str:
