@@ -82,29 +82,33 @@ def export_demo_model(checkpoint: Path, out_dir: Path, echo: Callable[[str], Non
 def run_demo(out: str | os.PathLike[str], minutes: float = 2.0, seed: int = 0,
              echo: Callable[[str], None] = print) -> dict:
     """Run synth -> train -> evaluate under ``out``; returns the summary also written to ``out/demo.json``."""
+    from cervrt.demo_infer import demo_inference
     from cervrt.train.evaluate import evaluate_checkpoint
     from cervrt.train.loop import TrainConfig, train
     from cervrt.train.synth import write_dataset
 
     s = DEMO_SETTINGS
     root = ensure_writable_dir(out)
-    echo(f"[1/4] synthesising {s['train_regions']} training and {s['test_regions']} test regions in {root}/")
+    echo(f"[1/5] synthesising {s['train_regions']} training and {s['test_regions']} test regions in {root}/")
     write_dataset(root / "data", regions=s["train_regions"], size=s["region_size"], seed=seed, weak_regions=4)
     write_dataset(root / "test", regions=s["test_regions"], size=s["region_size"], seed=seed + 1000)
-    echo(f"[2/4] training HSP-Net ResNet-34 for at most {minutes:g} min")
+    echo(f"[2/5] training HSP-Net ResNet-34 for at most {minutes:g} min")
     config = TrainConfig(data=str(root / "data"), out=str(root / "run"), arch="hspnet", encoder="resnet34",
                          epochs=s["epochs"], batch_size=s["batch_size"], loss="ae", patch_size=s["patch_size"],
                          stride=s["stride"], seed=seed, time_limit_minutes=minutes)
     result = train(config, log=echo)
-    echo("[3/4] evaluating best.pt on the test set (stride a quarter patch, gaussian blend)")
+    echo("[3/5] evaluating best.pt on the test set (stride a quarter patch, gaussian blend)")
     evaluation = evaluate_checkpoint(result.out / "best.pt", root / "test", json_out=root / "eval.json", echo=echo)
     baseline = majority_baseline(_masks(root / "test"), _masks(root / "data"))
     echo(f"majority-class baseline (always {baseline['class']}): dice {baseline['dice']:.4f}  "
          f"miou {baseline['miou']:.4f}  ap {baseline['ap']:.4f}  wp {baseline['wp']:.4f}")
-    echo("[4/4] exporting best.pt to ONNX FP32 and FP16, each checked by ONNX Runtime")
+    echo("[4/5] exporting best.pt to ONNX FP32 and FP16, each checked by ONNX Runtime")
     exported = export_demo_model(result.out / "best.pt", root, echo=echo)
+    echo("[5/5] cervrt infer with the FP32 ONNX model on a synthetic slide with ground truth")
+    inference = demo_inference(exported["fp32"], root / "infer", seed=seed + 2000, echo=echo)
     summary = {"settings": s, "train_minutes": result.seconds / 60, "epochs_run": result.epochs_run,
                "test_metrics": evaluation["metrics"], "majority_baseline": baseline, "export": exported,
+               "inference": inference,
                "files": {"data": str(root / "data"), "test": str(root / "test"), "run": str(result.out),
                          "eval": str(root / "eval.json"), "onnx": exported["fp32"], "onnx_fp16": exported["fp16"]}}
     write_json(root / "demo.json", summary)
