@@ -67,10 +67,8 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
             f"{path} was refused: it holds pickled objects other than tensors and plain types (it references "
             f"{found.group(1)}), which could run code; only load checkpoints saved by cervrt or as plain state_dicts"
         ) from None
-    except Exception as exc:
-        reason = _first_line(exc)
-        detail = f": {reason}" if " " in reason else ""  # a KeyError's bare '101' tells the user nothing
-        raise CervrtError(f"{path} is not a readable PyTorch file (truncated or corrupt?){detail}") from None
+    except Exception:  # the loader's own words ("101", "pop from empty list") would not help the user
+        raise CervrtError(f"{path} is not a readable PyTorch file (truncated or corrupt?)") from None
 
 
 def _first_line(exc: BaseException) -> str:
