@@ -193,13 +193,17 @@ def _all_or_nothing() -> Iterator[list[Path]]:
         raise
 
 
-def _tissue(predictor: Any, slide: Any, timer: StageTimer) -> Any:
-    if predictor.settings.tissue_threshold <= 0:
-        return None
-    from cervrt.runtime.tissue import TissueMap
+def _tissue(predictor: Any, slide: Any, timer: StageTimer) -> tuple[Any, np.ndarray]:
+    """The slide's TissueMap (None with a threshold of 0: every window runs) and its thumbnail, read
+    once (a pass over a whole pyramid level) for the tissue map and the overlay both."""
+    from cervrt.runtime.tissue import TissueMap, tissue_mask
 
     with timer("tissue"):
-        return TissueMap.from_slide(slide)
+        thumbnail = slide.thumbnail(THUMBNAIL_SIDE)
+        if predictor.settings.tissue_threshold <= 0:
+            return None, thumbnail
+        mask, threshold = tissue_mask(thumbnail)
+        return TissueMap(mask, slide.height, slide.width, threshold), thumbnail
 
 
 def _write_mask(predictor: Any, slide: Any, rows: Rows, fmt: MaskFormat, path: Path, timer: StageTimer,
@@ -214,11 +218,11 @@ def _write_mask(predictor: Any, slide: Any, rows: Rows, fmt: MaskFormat, path: P
     return run, sink
 
 
-def _write_pictures(predictor: Any, slide: Any, thumbnail: LabelThumbnail, paths: dict[str, Path],
-                    done: list[Path]) -> None:
+def _write_pictures(predictor: Any, slide: Any, picture: np.ndarray, thumbnail: LabelThumbnail,
+                    paths: dict[str, Path], done: list[Path]) -> None:
     engine = predictor.engine
     labels = thumbnail.labels
-    write_overlay(paths["overlay"], slide.thumbnail(THUMBNAIL_SIDE), labels, engine.palette, engine.class_names)
+    write_overlay(paths["overlay"], picture, labels, engine.palette, engine.class_names)
     done.append(paths["overlay"])
     if "geojson" in paths:  # label pixel (i, j) is mask pixel (i, j) * step
         write_geojson(paths["geojson"], labels, slide.downsample * thumbnail.step, engine.class_names, engine.palette)
@@ -239,13 +243,13 @@ def run_slide(predictor: Any, path: str | Path, out_dir: str | Path, fmt: str = 
         fmt_used = mask_format(fmt, slide.height, slide.width)
         name = name or slide.name
         paths = _paths(out, name, fmt_used, geojson)
-        tissue = _tissue(predictor, slide, timer)
+        tissue, picture = _tissue(predictor, slide, timer)
         rows, skipped = predictor._plan(slide.height, slide.width, tissue)
         with _all_or_nothing() as done:
             run, sink = _write_mask(predictor, slide, rows, fmt_used, paths["mask"], timer, progress)
             done.append(paths["mask"])
             with timer("write"):
-                _write_pictures(predictor, slide, sink.thumbnail, paths, done)
+                _write_pictures(predictor, slide, picture, sink.thumbnail, paths, done)
             seconds = time.perf_counter() - start
             report = slide_report(predictor, slide, name, sink.counts, run, skipped, timer, seconds, fmt_used, paths)
             write_json(paths["json"], report)
