@@ -29,10 +29,7 @@ from __future__ import annotations
 import abc
 import math
 import os
-import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -55,6 +52,8 @@ _COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif")
 
 
 def _uint8(data: np.ndarray, source: Path) -> np.ndarray:
+    if not data.dtype.isnative:  # big-endian samples of a TIFF
+        data = data.astype(data.dtype.newbyteorder("="))
     if data.dtype == np.uint8:
         return data
     if data.dtype == np.uint16:
@@ -309,60 +308,21 @@ class _PyramidSlide(Slide):
         """RGB uint8 of a box that lies inside ``level``."""
 
 
-def _ome_mpp(xml: str) -> float | None:
-    units = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    for element in root.iter():
-        if element.tag.endswith("Pixels") and element.get("PhysicalSizeX"):
-            factor = units.get(element.get("PhysicalSizeXUnit", "µm"))
-            return None if factor is None else float(element.get("PhysicalSizeX")) * factor
-    return None
-
-
-def _tag_mpp(page: Any) -> float | None:
-    tags = page.tags
-    if "XResolution" not in tags or "ResolutionUnit" not in tags:
-        return None
-    num, den = tags["XResolution"].value
-    microns = {2: 25400.0, 3: 10000.0}.get(int(tags["ResolutionUnit"].value))  # inch, centimetre
-    return None if microns is None or num <= 0 else microns * den / num
-
-
-def _tiff_mpp(tif: Any) -> float | None:
-    page = tif.series[0].levels[0].keyframe
-    if tif.is_ome and (mpp := _ome_mpp(tif.ome_metadata or "")):
-        return mpp
-    match = re.search(r"\bMPP\s*=\s*([0-9.]+)", page.description or "")
-    if tif.is_svs and match:
-        return float(match.group(1))
-    return _tag_mpp(page)
-
-
-def _check_complete(series: Any, path: Path) -> None:
-    size = os.path.getsize(path)
-    for level in series.levels:
-        for page in level.pages:
-            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=True) if c]
-            if ends and max(ends) > size:
-                raise CervrtError(f"{path} is truncated: its image data runs past the end of the file")
-
-
 class TiffSlide(_PyramidSlide):
     """A TIFF or OME-TIFF (tiled or stripped, pyramidal or not) read tile by tile through tifffile + zarr."""
 
     def __init__(self, path: Path, target_mpp: float, mpp: float | None) -> None:
-        import tifffile  # core dependencies, imported when a TIFF is opened
-        import zarr
+        import tifffile  # a core dependency, imported when a TIFF is opened
+
+        from cervrt.runtime._tiff import check_complete, level_reader, tiff_mpp
+
         try:
             self._tif = tifffile.TiffFile(path)
             series = self._tif.series[0]
             self._planar = self._check_axes(series.axes, path)
-            _check_complete(series, path)
-            file_mpp = _tiff_mpp(self._tif)
-            self._levels = [zarr.open_array(series.aszarr(level=k), mode="r") for k in range(len(series.levels))]
+            check_complete(series, path)
+            file_mpp = tiff_mpp(self._tif)
+            self._levels = [level_reader(self._tif, series, k, path) for k in range(len(series.levels))]
         except CervrtError:
             self._close_file()
             raise
@@ -402,6 +362,8 @@ class TiffSlide(_PyramidSlide):
             self._tif = None
 
     def close(self) -> None:
+        for z in self._levels:
+            getattr(z, "close", lambda: None)()
         self._levels = []
         self._close_file()
 

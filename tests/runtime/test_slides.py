@@ -265,6 +265,28 @@ def test_strip_tiff_and_conversions(tmp_path):
         assert (slide.read(0, 0, 16, 16) == 255).all()  # fully transparent is glass
 
 
+def test_uncompressed_single_strip_tiff_is_read_row_by_row(tmp_path, monkeypatch):
+    image = _rng_image(120, 90)
+    tifffile.imwrite(tmp_path / "u.tif", image, photometric="rgb")  # one uncompressed strip
+    grey16 = (np.arange(50 * 40).reshape(50, 40) * 30).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "be.tif", grey16, byteorder=">")  # big-endian samples
+    monkeypatch.setattr(tiffzarr.ZarrTiffStore, "get", None)  # any zarr read would fail
+    with open_slide(tmp_path / "u.tif", 0.9) as slide:
+        np.testing.assert_array_equal(slide.read(30, 20, 60, 50), image[30:90, 20:70])
+    with open_slide(tmp_path / "be.tif", 0.9) as slide:
+        np.testing.assert_array_equal(slide.read(0, 0, 50, 40)[..., 1], cv2.convertScaleAbs(grey16, alpha=255 / 65535))
+
+
+def test_compressed_giant_strips_are_refused(tmp_path, monkeypatch):
+    from cervrt.runtime import _tiff
+
+    monkeypatch.setattr(_tiff, "MAX_CHUNK_BYTES", 1000)
+    tifffile.imwrite(tmp_path / "z.tif", _rng_image(100, 100), photometric="rgb", compression="zlib",
+                     rowsperstrip=100)
+    with pytest.raises(CervrtError, match="save it as a tiled TIFF"):
+        open_slide(tmp_path / "z.tif", 0.9)
+
+
 def test_tiff_thumbnail_uses_a_coarse_level(tmp_path):
     image = _gradient(400, 600)
     with open_slide(_pyramid(tmp_path / "s.tif", image), 0.25) as slide:
