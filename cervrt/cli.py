@@ -88,7 +88,8 @@ _TRAIN_OVERRIDES = ["epochs", "batch_size", "lr", "workers", "device", "amp", "t
 @cli.command()
 @click.option("--data", type=click.Path(), help="Dataset directory (images/ and masks/).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory for last.pt, best.pt, history.json.")
-@click.option("--arch", default="hspnet", show_default=True, help="Architecture: hspnet, deeplabv3plus, ensemble_a.")
+@click.option("--arch", default="hspnet", show_default=True,
+              help="Architecture: hspnet, deeplabv3plus, ensemble_a, or classifier (a patch classifier).")
 @click.option("--encoder", default=None, help="Encoder: resnet34 or resnet101 (default: the architecture's).")
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
@@ -113,6 +114,13 @@ _TRAIN_OVERRIDES = ["epochs", "batch_size", "lr", "workers", "device", "amp", "t
 @click.option("--time-limit", "time_limit_minutes", default=None, type=float,
               help="Stop after the epoch in which this many minutes have passed.")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue from RUN/last.pt (its settings are kept).")
+@click.option("--pseudo-labels", type=click.Path(dir_okay=False),
+              help="S_p patch list from `cervrt pseudo-label`: trains the patch classifier only (classifier, "
+                   "or ensemble_a's stage 1).")
+@click.option("--weak-data", type=click.Path(file_okay=False), help="With --pseudo-labels: the weak images' directory.")
+@click.option("--cls-epochs", default=None, type=click.IntRange(1),
+              help="ensemble_a two-stage training: stage 1 (encoder + classifier) epochs [--epochs]; "
+                   "stage 2 trains the segmentation layers for --epochs.")
 @click.pass_context
 def train(ctx: click.Context, resume: str | None, **options: Any) -> None:
     """Train a segmentation model on pixel-annotated regions.
@@ -129,7 +137,8 @@ def train(ctx: click.Context, resume: str | None, **options: Any) -> None:
         if not options["data"] or not options["out"]:
             raise CervrtError("train needs --data DIR and --out RUN (or --resume RUN/last.pt)")
         result = run_train(TrainConfig(**options))
-    click.echo(f"best epoch {result.best_epoch}: dice {result.best_metrics.get('dice', math.nan):.4f}; "
+    score = result.best_metrics.get(result.score_key, math.nan)
+    click.echo(f"best epoch {result.best_epoch}: {result.score_key} {score:.4f}; "
                f"checkpoints in {result.out}/ (last.pt, best.pt), history in {result.out}/history.json")
 
 
@@ -231,37 +240,6 @@ def bench(more_models: tuple[str, ...], models: tuple[str, ...], batch_sizes: st
         return
     config = BenchConfig(out=out, models=models + more_models, batch_sizes=batch_sizes, quick=quick, device=device)
     click.echo(format_report(run_bench(config, echo=click.echo)))
-
-
-@cli.command()
-@click.argument("slides", nargs=-1, required=True, metavar="SLIDE...")
-@click.option("--engine", "model", required=True, type=click.Path(dir_okay=False),
-              help="The model: an exported .onnx, a TensorRT .plan or a .pt checkpoint.")
-@click.option("--out", required=True, type=click.Path(), help="Output directory (created if needed).")
-@click.option("--stride", default=None, type=click.IntRange(1), help="Window stride [a quarter of the patch].")
-@click.option("--blend", default="gaussian", show_default=True, type=click.Choice(["mean", "gaussian"]))
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--mpp", default=None, type=click.FloatRange(min=0, min_open=True),
-              help="Microns per pixel of the slides (overrides the file's; needed for PNG/JPEG at another scale).")
-@click.option("--tissue-threshold", default=0.1, show_default=True, type=click.FloatRange(0, 1),
-              help="Windows with less tissue than this are not run (0: run every window).")
-@click.option("--geojson", is_flag=True, help="Also write NAME.geojson (per-class polygons for QuPath).")
-@click.option("--format", "fmt", default="png", show_default=True, type=click.Choice(["png", "tiff"]),
-              help="Mask format (tiled pyramidal TIFF is used anyway for masks over 2^30 pixels).")
-def infer(slides: tuple[str, ...], model: str, out: str, stride: int | None, blend: str, batch_size: int,
-          device: str, mpp: float | None, tissue_threshold: float, geojson: bool, fmt: str) -> None:
-    """Segment whole slides: OUT/NAME.mask.png, NAME.overlay.jpg, NAME.json (and NAME.geojson) per slide.
-
-    A bad slide is reported in one line and the others still run; the exit code is 1 if any failed.
-    """
-    from cervrt.runtime.infer import InferOptions, infer_slides
-
-    options = InferOptions(device=device, batch_size=batch_size, stride=stride, blend=blend,
-                           tissue_threshold=tissue_threshold, mpp=mpp, fmt=fmt, geojson=geojson)
-    summary = infer_slides(model, slides, out, options, echo=click.echo, error=lambda line: click.echo(line, err=True))
-    if summary.failed:
-        sys.exit(1)
 
 
 @cli.group(cls=_Group)
@@ -383,6 +361,64 @@ def wsss_train_seg(**options: Any) -> None:
     from cervrt.train.wsss import SegmenterConfig, train_segmenter
 
     train_segmenter(SegmenterConfig(**options), log=click.echo)
+
+
+@cli.command()
+@click.argument("slides", nargs=-1, required=True, metavar="SLIDE...")
+@click.option("--engine", "model", required=True, type=click.Path(dir_okay=False),
+              help="The model: an exported .onnx, a TensorRT .plan or a .pt checkpoint.")
+@click.option("--out", required=True, type=click.Path(), help="Output directory (created if needed).")
+@click.option("--stride", default=None, type=click.IntRange(1), help="Window stride [a quarter of the patch].")
+@click.option("--blend", default="gaussian", show_default=True, type=click.Choice(["mean", "gaussian"]))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--mpp", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Microns per pixel of the slides (overrides the file's; needed for PNG/JPEG at another scale).")
+@click.option("--tissue-threshold", default=0.1, show_default=True, type=click.FloatRange(0, 1),
+              help="Windows with less tissue than this are not run (0: run every window).")
+@click.option("--geojson", is_flag=True, help="Also write NAME.geojson (per-class polygons for QuPath).")
+@click.option("--format", "fmt", default="png", show_default=True, type=click.Choice(["png", "tiff"]),
+              help="Mask format (tiled pyramidal TIFF is used anyway for masks over 2^30 pixels).")
+def infer(slides: tuple[str, ...], model: str, out: str, stride: int | None, blend: str, batch_size: int,
+          device: str, mpp: float | None, tissue_threshold: float, geojson: bool, fmt: str) -> None:
+    """Segment whole slides: OUT/NAME.mask.png, NAME.overlay.jpg, NAME.json (and NAME.geojson) per slide.
+
+    A bad slide is reported in one line and the others still run; the exit code is 1 if any failed.
+    """
+    from cervrt.runtime.infer import InferOptions, infer_slides
+
+    options = InferOptions(device=device, batch_size=batch_size, stride=stride, blend=blend,
+                           tissue_threshold=tissue_threshold, mpp=mpp, fmt=fmt, geojson=geojson)
+    summary = infer_slides(model, slides, out, options, echo=click.echo, error=lambda line: click.echo(line, err=True))
+    if summary.failed:
+        sys.exit(1)
+
+
+@cli.command(name="pseudo-label")
+@click.option("--classifier", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint of the patch classifier M (--arch classifier, or ensemble_a).")
+@click.option("--weak-data", required=True, type=click.Path(file_okay=False),
+              help="Directory with images/ of the weak slides.")
+@click.option("--labels", required=True, type=click.Path(dir_okay=False), help="Image-level labels CSV (name,labels).")
+@click.option("--np", "np_total", default=4000, show_default=True, type=int, help="N_p: at most this many patches.")
+@click.option("--keep", default=50.0, show_default=True, type=float, help="r: percentage of S_p kept per class.")
+@click.option("--stride", default=100, show_default=True, type=int, help="Window stride (the patch size is M's).")
+@click.option("--min-tissue", default=0.2, show_default=True, type=float, help="Skip windows with less tissue.")
+@click.option("--batch-size", default=16, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Writes OUT/pseudo.csv and pseudo.json.")
+def pseudo_label_command(**options: Any) -> None:
+    """Pseudo-label patches of image-level labelled slides (MTCHI Algorithm 1).
+
+    Ranks overlapping windows of each slide by M's confidence for each of its labelled classes,
+    takes the first Np/(4 c_i) per class, keeps the most confident r% per class and writes the patch
+    list (slide,y,x,size,pseudo_label,confidence) for `cervrt train --pseudo-labels`.
+    """
+    from cervrt.train.pseudo_label import PseudoLabelConfig, pseudo_label
+
+    summary = pseudo_label(PseudoLabelConfig(**options))
+    click.echo(f"kept {summary['total_kept']} patches per class {summary['kept']} of S_p {summary['s_p']}; "
+               f"written to {options['out']}/pseudo.csv")
 
 
 def main() -> None:

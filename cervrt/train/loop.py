@@ -24,13 +24,24 @@ from tqdm import tqdm
 
 from cervrt._io import ensure_writable_dir, write_json
 from cervrt.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
-from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD, MIN_FOREGROUND, MTCHI_MPP, PATCH_SIZE, PATCH_STRIDE
+from cervrt.constants import MIN_FOREGROUND, MTCHI_MPP, PATCH_SIZE, PATCH_STRIDE
 from cervrt.errors import CervrtError
 from cervrt.models import create_model, get_spec, load_encoder_weights
 from cervrt.runtime.tiling import BlendMode
 from cervrt.train.data import PatchDataset, list_regions, load_region, split_regions
 from cervrt.train.evaluate import SlidingWindow, evaluate_regions
 from cervrt.train.losses import EnsembleLoss, build_loss
+from cervrt.train.stages import (
+    Stage,
+    classification_metrics,
+    load_stage_start,
+    plan_stages,
+    stage_dataset,
+    stage_epochs,
+    stage_loss,
+    stage_out,
+    train_mode,
+)
 
 __all__ = ["TrainConfig", "TrainHooks", "TrainResult", "resolve_device", "train"]
 
@@ -63,6 +74,9 @@ class TrainConfig:
     encoder_weights: str | None = None
     mpp: float = MTCHI_MPP
     time_limit_minutes: float | None = None
+    pseudo_labels: str | None = None  # S_p CSV (cervrt pseudo-label): trains the patch classifier only
+    weak_data: str | None = None  # the weak images/ the pseudo-labelled patches come from
+    cls_epochs: int | None = None  # ensemble_a: first train encoder + classifier this long (stage 1)
 
     def check(self) -> None:
         """Raise CervrtError for values no run can use."""
@@ -73,6 +87,9 @@ class TrainConfig:
             raise CervrtError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr <= 0:
             raise CervrtError(f"lr must be positive, got {self.lr}")
+        if self.cls_epochs is not None and self.cls_epochs < 1:
+            raise CervrtError(f"cls-epochs must be at least 1, got {self.cls_epochs}")
+        plan_stages(self.arch, self.pseudo_labels, self.cls_epochs)
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,8 @@ class TrainResult:
     seconds: float
     train_patches: int
     val_regions: int
+    stopped: bool = False
+    score_key: str = "dice"  # the metric best.pt was chosen by
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,9 +141,11 @@ def _arch_kwargs(config: TrainConfig) -> dict[str, Any]:
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    encoder = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
-    return [{"params": encoder, "lr": config.lr}, {"params": rest, "lr": config.lr * config.head_lr_mult}]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    encoder = [p for n, p in trained if n.startswith("encoder.")]
+    rest = [p for n, p in trained if not n.startswith("encoder.")]
+    groups = [{"params": encoder, "lr": config.lr}, {"params": rest, "lr": config.lr * config.head_lr_mult}]
+    return [g for g in groups if g["params"]]
 
 
 def _cosine(total_steps: int) -> Callable[[int], float]:
@@ -134,8 +155,10 @@ def _cosine(total_steps: int) -> Callable[[int], float]:
 class _Run:
     """One training run's state: model, data, optimiser, schedule, loss, history."""
 
-    def __init__(self, config: TrainConfig, resume: dict[str, Any] | None, hooks: TrainHooks | None = None) -> None:
+    def __init__(self, config: TrainConfig, resume: dict[str, Any] | None, hooks: TrainHooks | None = None,
+                 stage: Stage = Stage.FULL) -> None:
         config.check()
+        self.stage, self.epochs = stage, stage_epochs(config, stage)
         self.config, self.hooks = config, hooks
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
@@ -143,16 +166,19 @@ class _Run:
         self.model = create_model(config.arch, **self.arch_kwargs).to(self.device)
         if config.encoder_weights and resume is None:
             load_encoder_weights(self.model.encoder, config.encoder_weights)
+        if resume is None:
+            load_stage_start(self.model, config, stage)
         self._load_data()
-        self.out = ensure_writable_dir(config.out)
+        self.out = ensure_writable_dir(stage_out(config, stage))
         self.steps_per_epoch = len(self.loader)
         self.optimizer = torch.optim.SGD(_param_groups(self.model, config), momentum=config.momentum,
                                          weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(config.epochs * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(self.epochs * self.steps_per_epoch))
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         seg_loss = hooks.loss(config) if hooks else build_loss(config.loss)
-        self.loss = EnsembleLoss(seg_loss) if self.model.has_classifier else seg_loss
+        joint = stage is Stage.FULL and getattr(self.model, "has_classifier", False)
+        self.loss = EnsembleLoss(seg_loss) if joint else seg_loss
         self.start_epoch, self.history, self.best = 0, [], (-math.inf, 0, {})
         if resume is not None:
             self._restore(resume)
@@ -161,15 +187,16 @@ class _Run:
         c = self.config
         regions = list_regions(c.data)
         train_regions, val_regions = split_regions(regions, c.val_fraction, c.seed) if c.val_fraction else (regions, [])
-        self.dataset = self.hooks.dataset(train_regions, c) if self.hooks else PatchDataset(
-            train_regions, patch=c.patch_size, stride=c.stride, min_foreground=c.min_foreground,
-            augment=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=c.seed)
+        make = self.hooks.dataset if self.hooks else lambda regions, cfg: stage_dataset(self.stage, regions, cfg)
+        self.dataset = make(train_regions, c)
         if len(self.dataset) == 0:
             raise CervrtError(f"no training patch of {c.patch_size} px has {c.min_foreground:.0%} foreground in {c.data}")
         generator = torch.Generator().manual_seed(c.seed)
         self.loader = DataLoader(self.dataset, batch_size=c.batch_size, shuffle=True, drop_last=len(self.dataset) > c.batch_size,
                                  num_workers=c.workers, generator=generator, pin_memory=self.device.type == "cuda")
         self.val = [(r.name, *load_region(r)) for r in val_regions]
+        self.val_patches = PatchDataset(val_regions, patch=c.patch_size, stride=c.val_stride or c.patch_size,
+                                        min_foreground=c.min_foreground) if self.stage is Stage.CLASSIFY else None
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["state_dict"])
@@ -184,11 +211,7 @@ class _Run:
     def _step(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> float:
         images, masks, labels = (t.to(self.device, non_blocking=True) for t in (images, masks, labels))
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            if self.model.has_classifier:
-                seg, cls = self.model(images)
-                loss = self.loss(seg.float(), cls.float(), masks, labels).total
-            else:
-                loss = self.loss(self.model(images).float(), masks)
+            loss = stage_loss(self.stage, self.model, self.loss, images, masks, labels)
         if not torch.isfinite(loss):
             raise CervrtError("the loss became NaN or infinite: lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
@@ -200,12 +223,12 @@ class _Run:
 
     def train_epoch(self, epoch: int, deadline: float | None) -> tuple[float, bool]:
         """Mean training loss of one epoch and whether the time limit cut it short."""
-        self.model.train()
+        train_mode(self.model, self.stage)
         self.dataset.set_epoch(epoch)
         losses: list[float] = []
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch", leave=False)
+        bar = tqdm(self.loader, desc=f"{self.stage.value} epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False)
         for step, (images, masks, labels) in enumerate(bar):
-            self.loss.set_progress((epoch + step / self.steps_per_epoch) / self.config.epochs)
+            self.loss.set_progress((epoch + step / self.steps_per_epoch) / self.epochs)
             losses.append(self._step(images, masks, labels))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             if deadline is not None and time.monotonic() > deadline:
@@ -216,13 +239,15 @@ class _Run:
         if not self.val:
             return {}
         c = self.config
+        if self.stage is Stage.CLASSIFY:
+            return classification_metrics(self.model, self.val_patches, self.device, c.batch_size)
         sw = SlidingWindow(patch=c.patch_size, stride=c.val_stride or c.patch_size, blend=BlendMode.parse(c.val_blend),
                            batch_size=c.batch_size)
         overall, _ = evaluate_regions(self.model, self.val, sw, self.device)
         return overall
 
     def save(self, epoch: int, metrics: dict[str, Any]) -> None:
-        score = metrics.get("dice", math.nan)
+        score = metrics.get(self.stage.score_key, math.nan)
         score = -math.inf if score is None or math.isnan(score) else float(score)
         improved = score > self.best[0] or not self.history[:-1]
         if improved:
@@ -232,7 +257,7 @@ class _Run:
             epoch=epoch, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict() if self.amp else None, metrics=metrics, history=self.history,
             best_score=self.best[0], best_epoch=self.best[1], best_metrics=self.best[2],
-            train_config=asdict(self.config),
+            train_config=asdict(self.config), stage=self.stage.value,
         )
         save_checkpoint(self.out / "last.pt", ckpt)
         if improved:
@@ -240,35 +265,32 @@ class _Run:
         write_json(self.out / "history.json", self.history)
 
 
-def _resume_config(path: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+def _resume_config(path: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any] | None, Stage]:
+    """The run's config, the checkpoint to continue (None: its stage is done, start the next) and the stage."""
     ckpt = load_checkpoint(path)
     if "train_config" not in ckpt or "optimizer" not in ckpt:
         raise CervrtError(f"{path} has no training state to resume from (was it exported or stripped?)")
     config = replace(TrainConfig(**ckpt["train_config"]), **overrides)
-    if ckpt["epoch"] >= config.epochs:
-        raise CervrtError(f"{path} already finished its {config.epochs} epochs: pass --epochs N with N > {ckpt['epoch']}")
-    return config, ckpt
+    stage = Stage(ckpt.get("stage", Stage.FULL.value))
+    stages = plan_stages(config.arch, config.pseudo_labels, config.cls_epochs)
+    if ckpt["epoch"] >= stage_epochs(config, stage):
+        if stage is not stages[-1]:
+            return config, None, stages[stages.index(stage) + 1]
+        done = ckpt["epoch"]
+        raise CervrtError(f"{path} already finished its {config.epochs} epochs: pass --epochs N with N > {done}")
+    return config, ckpt, stage
 
 
-def train(config: TrainConfig | None = None, resume: str | None = None, overrides: dict[str, Any] | None = None,
-          log: Callable[[str], None] = print, hooks: TrainHooks | None = None) -> TrainResult:
-    """Train (or resume) a model; returns where the checkpoints went and the metrics."""
-    ckpt = None
-    if resume is not None:
-        config, ckpt = _resume_config(resume, overrides or {})
-    if config is None:
-        raise CervrtError("train needs a config or a checkpoint to resume")
-    run = _Run(config, ckpt, hooks)
-    log(f"training {config.arch} ({run.arch_kwargs}) on {len(run.dataset)} patches of {config.patch_size} px "
-        f"from {config.data}; {len(run.val)} validation regions; device {run.device}")
-    start = time.monotonic()
-    deadline = start + config.time_limit_minutes * 60 if config.time_limit_minutes else None
-    epoch = run.start_epoch
-    for epoch in range(run.start_epoch, config.epochs):
+def _train_stage(run: _Run, log: Callable[[str], None], start: float, deadline: float | None) -> TrainResult:
+    config = run.config
+    log(f"training {config.arch} ({run.arch_kwargs}, stage {run.stage.value}) on {len(run.dataset)} patches of "
+        f"{config.patch_size} px from {config.data}; {len(run.val)} validation regions; device {run.device}")
+    epoch, metrics, stopped = run.start_epoch, {}, False
+    for epoch in range(run.start_epoch, run.epochs):
         train_loss, stopped = run.train_epoch(epoch, deadline)
         metrics = run.validate()
         run.history.append({"epoch": epoch + 1, "train_loss": train_loss, "seconds": time.monotonic() - start,
-                            **{k: metrics[k] for k in ("dice", "miou", "ap", "wp", "fwiou") if k in metrics}})
+                            **{k: metrics[k] for k in _LOGGED if k in metrics}})
         run.save(epoch + 1, metrics)
         log(_epoch_line(run.history[-1]))
         if stopped:
@@ -276,10 +298,36 @@ def train(config: TrainConfig | None = None, resume: str | None = None, override
             break
     return TrainResult(out=run.out, epochs_run=epoch + 1 - run.start_epoch, best_epoch=run.best[1],
                        best_metrics=run.best[2], last_metrics=metrics, history=run.history,
-                       seconds=time.monotonic() - start, train_patches=len(run.dataset), val_regions=len(run.val))
+                       seconds=time.monotonic() - start, train_patches=len(run.dataset), val_regions=len(run.val),
+                       stopped=stopped, score_key=run.stage.score_key)
+
+
+def train(config: TrainConfig | None = None, resume: str | None = None, overrides: dict[str, Any] | None = None,
+          log: Callable[[str], None] = print, hooks: TrainHooks | None = None) -> TrainResult:
+    """Train (or resume) a model through its stages (see :mod:`cervrt.train.stages`); returns the last
+    stage's result. A two-stage run resumes from either stage's ``last.pt`` and continues to the end."""
+    ckpt, first = None, None
+    if resume is not None:
+        config, ckpt, first = _resume_config(resume, overrides or {})
+    if config is None:
+        raise CervrtError("train needs a config or a checkpoint to resume")
+    config.check()
+    stages = plan_stages(config.arch, config.pseudo_labels, config.cls_epochs)
+    start = time.monotonic()
+    deadline = start + config.time_limit_minutes * 60 if config.time_limit_minutes else None
+    result = None
+    for stage in stages[stages.index(first) if first else 0:]:
+        result = _train_stage(_Run(config, ckpt, hooks, stage), log, start, deadline)
+        ckpt = None
+        if result.stopped:
+            break
+    return result
+
+
+_LOGGED = ("dice", "miou", "ap", "wp", "fwiou", "accuracy", "balanced_accuracy")
 
 
 def _epoch_line(entry: dict[str, Any]) -> str:
     parts = [f"epoch {entry['epoch']}", f"loss {entry['train_loss']:.4f}"]
-    parts += [f"{k} {entry[k]:.4f}" for k in ("dice", "miou", "ap", "wp") if k in entry]
+    parts += [f"{k} {entry[k]:.4f}" for k in ("dice", "miou", "ap", "wp", "balanced_accuracy") if k in entry]
     return "  ".join(parts)
