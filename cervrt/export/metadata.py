@@ -3,7 +3,9 @@
 An exported ONNX model carries one ``metadata_props`` entry, key ``cervrt``, whose value is a JSON
 object with (``format`` ``cervrt.onnx``, ``format_version`` 1):
 
-- the model: ``arch``, ``arch_kwargs``, ``class_names``, ``palette``, ``has_classifier``;
+- the model: ``arch``, ``arch_kwargs``, ``class_names``, ``palette``, ``has_classifier``, and
+  ``gate_epsilon`` only for models with a classification gate (WSSS ``wsss_seg``: foreground channel k
+  of a patch is zeroed when ``class_probs[k - 1] <= gate_epsilon``);
 - its input: ``mean``, ``std`` (RGB, on 0..1 pixels: ``image = (rgb / 255 - mean) / std``, NCHW),
   ``mpp`` (microns per pixel it was trained at), ``patch_size``, ``size_multiple``;
 - its cost: ``params``, ``macs_384``, ``macs_patch`` (multiply-accumulates per image);

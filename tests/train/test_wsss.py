@@ -218,3 +218,27 @@ def test_train_seg_refuses_a_checkpoint_that_is_not_a_wsss_classifier(wsss_run, 
     result = CliRunner().invoke(cli, ["wsss", "train-seg", "--pseudo", str(root / "pm"), "--classifier",
                                       str(root / "seg" / "wsss_seg.pt"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "is not a WSSS phase-1 classifier" in result.output
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+def test_export_of_the_wsss_model_carries_class_probs_and_the_gate(tmp_path):
+    from cervrt.checkpoint import save_checkpoint
+    from cervrt.export import ExportConfig, export, read_metadata
+    from cervrt.export.parity import ort_session, run_session
+
+    torch.manual_seed(0)
+    kwargs = {"encoder": "resnet34", "cls_encoder": "resnet34"}
+    model = create_model("wsss_seg", **kwargs).eval()
+    path = tmp_path / "wsss_seg.pt"
+    save_checkpoint(path, build_checkpoint(model, "wsss_seg", kwargs, patch_size=64, gate_epsilon=0.1))
+    export(ExportConfig(path, output=tmp_path / "wsss_seg.onnx"))
+    meta = read_metadata(tmp_path / "wsss_seg.onnx")
+    assert meta["gate_epsilon"] == 0.1 and meta["has_classifier"] is True
+    assert meta["outputs"] == ["probs", "class_probs"]
+    x = torch.randn(1, 3, 64, 64)
+    outputs = run_session(ort_session(tmp_path / "wsss_seg.onnx"), x.numpy())
+    with torch.no_grad():
+        expected = torch.sigmoid(model.classifier(x)).numpy()
+    assert np.allclose(outputs[1], expected, atol=1e-4)
