@@ -1,7 +1,9 @@
 """The Predictor's GPU path: a TensorRT engine on CUDA with the fusion on the device (uint8 up, uint8 down).
 
-Status: compiled, unexecuted. It is written against ``cervrt.runtime.cuda_fusion`` and the TensorRT
-engine's ``run_device``, but no GPU has run it; the tests check only which path the Predictor picks.
+Status: compiled, unexecuted on a GPU. It is written against ``cervrt.runtime.cuda_fusion`` and the
+TensorRT engine's ``run_device``. Its host logic runs in the tests on the emulated driver
+(tests/runtime/cuda_emulation.py: the kernels compiled for the host, a stand-in engine), which
+cannot check real asynchrony, the primary context shared with TensorRT, or the device itself.
 
 Per call: a ``CudaFusion`` (its own streams and pinned slots: CudaFusion is not thread-safe, so
 threads sharing a Predictor each get their own) loaded from kernels compiled once per Predictor,

@@ -20,7 +20,8 @@ A Predictor holds no global state.
 
 GPU: with a TensorRT engine on a CUDA device (``fusion="auto"`` or ``"cuda"``), gathering,
 normalisation, fusion and argmax run on the device through ``cervrt.runtime.cuda_path`` (uint8
-patches up, uint8 labels down). That path is compiled, unexecuted code until a GPU test runs it.
+patches up, uint8 labels down). That path is compiled, unexecuted on a GPU (its host logic is tested on
+an emulated driver).
 """
 
 from __future__ import annotations
