@@ -166,8 +166,7 @@ class _Run:
         self.model = create_model(config.arch, **self.arch_kwargs).to(self.device)
         if config.encoder_weights and resume is None:
             load_encoder_weights(self.model.encoder, config.encoder_weights)
-        if resume is None:
-            load_stage_start(self.model, config, stage)
+        load_stage_start(self.model, config, stage, fresh=resume is None)
         self._load_data()
         self.out = ensure_writable_dir(stage_out(config, stage))
         self.steps_per_epoch = len(self.loader)

@@ -185,9 +185,9 @@ def stage_out(config: Any, stage: Stage) -> Path:
     return Path(config.out) / "stage1" if two and stage is Stage.CLASSIFY else Path(config.out)
 
 
-def load_stage_start(model: nn.Module, config: Any, stage: Stage) -> None:
-    """``segment`` after ``classify`` starts from the first stage's best checkpoint, then freezes."""
-    if stage is Stage.SEGMENT:
+def load_stage_start(model: nn.Module, config: Any, stage: Stage, fresh: bool = True) -> None:
+    """Freeze what ``stage`` keeps fixed; a fresh ``segment`` stage first loads the ``classify`` stage's best.pt."""
+    if stage is Stage.SEGMENT and fresh:
         from cervrt.checkpoint import load_checkpoint
 
         path = stage_out(config, Stage.CLASSIFY) / "best.pt"
