@@ -27,7 +27,8 @@ def test_info_arch_json():
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["info", "--arch", "unet"], "unknown architecture 'unet': choose one of deeplabv3plus, ensemble_a, hspnet"),
+        (["info", "--arch", "unet"],
+         "unknown architecture 'unet': choose one of classifier, deeplabv3plus, ensemble_a, hspnet"),
         (["info", "--arch", "hspnet", "--encoder", "vgg16"], "choose one of resnet34, resnet101"),
         (["info", "missing.pt"], "does not exist"),
         (["info"], "either an artifact file or --arch"),
