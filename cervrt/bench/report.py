@@ -47,14 +47,15 @@ def _si(value: Any) -> str:
 
 def _speed_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| model | engine (device) | params | MACs@384 | MACs@patch | batch | p50 ms | p90 ms | spread "
-             "| patches/s | Mpx/s | peak RSS MiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| patches/s | Mpx/s | RSS MiB start -> peak |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['label']} | failed: {row['error']} |" + " |" * 10)
             continue
         head = (f"| {row['label']} | {row['provider']} ({row['device']}) | {_si(row['params'])} "
                 f"| {_si(row['macs_384'])} | {_si(row['macs_patch'])} @{row['patch_size']}")
-        memory = _num(row["memory"]["peak_rss_mib"], ".0f")
+        memory = f"{_num(row['memory']['start_rss_mib'], '.0f')} -> {_num(row['memory']['peak_rss_mib'], '.0f')}"
         for t in row["latency"]:
             if "skipped" in t:
                 lines.append(f"{head} | {t['batch']} | {t['skipped']} |" + " |" * 5 + f" {memory} |")
@@ -131,6 +132,8 @@ def _plots(report: dict[str, Any], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _scatter(ax, rows, lambda r: None if r.get("macs_patch") is None else r["macs_patch"] / 1e9, speed)
     ax.set(xlabel="GMACs per patch (at the patch size)", ylabel="patches/s (best batch size)", title=title)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     _save(fig, out / PLOTS[0], plt)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -138,6 +141,7 @@ def _plots(report: dict[str, Any], out: Path) -> None:
     _scatter(ax, rows, speed, lambda r: (r.get("agreement") or {}).get("tissue"), True,
              "argmax agreement with FP32 torch (tissue)")
     ax.set(xlabel="patches/s (best batch size)", ylabel="Dice / agreement", title=title, ylim=(0, 1.05))
+    ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     _save(fig, out / PLOTS[1], plt)
@@ -150,9 +154,20 @@ def _save(fig: Any, target: Path, plt: Any) -> None:
     plt.close(fig)
 
 
+def _strict(value: Any) -> Any:
+    """NaN -> None throughout, so that report.json is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def write_report(report: dict[str, Any], out: Path) -> None:
-    """``report.json``, ``report.md`` and the plots into ``out``."""
-    write_json(out / "report.json", report)
+    """``report.json`` (strict JSON: NaN written as null), ``report.md`` and the plots into ``out``."""
+    write_json(out / "report.json", _strict(report))
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(format_report(report))
     _plots(report, out)
