@@ -141,9 +141,13 @@ class _Run:
 
     def load(self) -> None:
         from cervrt.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+        from cervrt.models import get_spec
 
         since = time.perf_counter()
         self.ckpt = load_checkpoint(self.config.checkpoint)
+        if getattr(get_spec(self.ckpt["arch"]).builder, "is_classifier", False):
+            raise CervrtError(f"{self.config.checkpoint} is a patch classifier, which predicts no masks: "
+                              "export a segmentation checkpoint (hspnet, deeplabv3plus, ensemble_a)")
         self.model = model_from_checkpoint(self.ckpt)
         self.base = _base_metadata(self.ckpt, self.model, self.config, file_sha256(self.config.checkpoint))
         self.clock.lap("load", since)

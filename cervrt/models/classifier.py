@@ -27,6 +27,8 @@ class PatchClassifier(nn.Module):
 
     #: What the training loop and the pseudo-labeler ask of a model: patch logits via ``classify``.
     is_classifier = True
+    #: No segmentation output to gate: exporters and engines see a model without an assisted classifier.
+    has_classifier = False
     size_multiple: int = 32
 
     def __init__(self, encoder: str = "resnet101", num_classes: int = 5) -> None:

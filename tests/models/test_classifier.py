@@ -35,3 +35,15 @@ def test_ensemble_classify_matches_its_forward_class_logits():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model.classify(x), model(x)[1])
+
+
+def test_export_refuses_a_classifier_checkpoint(tmp_path):
+    from cervrt.checkpoint import build_checkpoint, save_checkpoint
+    from cervrt.export import ExportConfig, export
+
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_checkpoint(create_model("classifier", encoder="resnet34"), "classifier",
+                                           {"encoder": "resnet34"}, patch_size=64))
+    with pytest.raises(CervrtError, match="is a patch classifier, which predicts no masks"):
+        export(ExportConfig.from_options(str(path), output=str(tmp_path / "m.onnx")), echo=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
