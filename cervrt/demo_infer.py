@@ -1,9 +1,9 @@
 """The demo's last step: ``cervrt infer`` (the library call) on a synthetic slide with ground truth.
 
-Synthesise one H&E-like region of ``SLIDE_SIZE`` px (``synthesize_region``) and its mask, write it
-as a PNG at the model's resolution, run ``infer_slides`` on it with the exported ONNX model, and
-score the mask it wrote against the ground truth (Dice and the other SPEC metrics), printed next to
-the run's throughput and the model's MACs per patch.
+Synthesise one H&E-like region of ``SLIDE_SIZE`` px (``synthesize_region``) and its mask, write them
+as PNGs at the model's resolution (``root/slide/``), run ``infer_slides`` on it with the exported ONNX
+model (outputs in ``root``), and score the mask it wrote against the ground truth (Dice and the other
+SPEC metrics), printed next to the run's throughput and the model's MACs per patch.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def demo_inference(model: str | Path, root: Path, seed: int = 0, stride: int | N
 
     slide, truth = _write_slide(root / "slide", seed)
     stride = stride or int(read_metadata(model)["patch_size"])
-    summary = infer_slides(model, [slide], root / "infer", InferOptions(device="auto", stride=stride),
+    summary = infer_slides(model, [slide], root, InferOptions(device="auto", stride=stride),
                            echo=lambda line: echo("  " + line), error=echo)
     if summary.failed:
         raise _failure(summary)

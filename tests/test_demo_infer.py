@@ -24,5 +24,5 @@ def test_demo_inference_scores_the_mask_it_wrote(tmp_path):
     pairs = [(np.sum((pred == k) & (true == k)), np.sum(pred == k) + np.sum(true == k)) for k in range(1, 5)]
     assert np.isclose(result["metrics"]["dice"], np.mean([2 * a / b for a, b in pairs if b > 0]))
     assert fg.any() and result["patches_per_s"] > 0 and result["macs_per_patch"] == 1_000_000
-    assert json.loads((tmp_path / "demo" / "infer" / "synthetic_slide.json").read_text())["patches"]["run"] > 0
+    assert json.loads((tmp_path / "demo" / "synthetic_slide.json").read_text())["patches"]["run"] > 0
     assert any(line.strip().startswith("synthetic slide 1024x1024: dice ") for line in lines)
