@@ -221,7 +221,7 @@ def demo(out: str, minutes: float, seed: int) -> None:
 @click.option("--models", "models", multiple=True, type=click.Path(dir_okay=False),
               help="Artifacts to benchmark: --models A.pt B.onnx C.plan ... [build an untrained HSP-Net ResNet-34].")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Timed batch sizes, comma-separated.")
-@click.option("--quick", is_flag=True, help="1 warm-up + 3 timed runs (not 2 + 10) and one 800x800 test slide "
+@click.option("--quick", is_flag=True, help="1 warm-up + 3 timed runs (not 2 + 10) and one 640x640 test slide "
                                              "(not two of 1600x1600): a few minutes on a 2-core CPU.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Report directory.")

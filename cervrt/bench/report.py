@@ -109,41 +109,49 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _scatter(ax: Any, rows: list[dict[str, Any]], x: Any, y: Any, hollow: bool = False,
-             label: str | None = None) -> None:
-    """One point per row (rows without both figures left out); filled points are labelled with the model."""
-    points = [(x(r), y(r), r["label"]) for r in rows]
-    points = [(a, b, name) for a, b, name in points if a is not None and b is not None and not math.isnan(b)]
-    for k, (a, b, name) in enumerate(points):
-        style = {"facecolors": "none", "edgecolors": "C1", "marker": "s"} if hollow else {"color": "C0"}
-        ax.scatter([a], [b], s=60, label=label if k == 0 else None, **style)
-        if not hollow:
-            ax.annotate(name, (a, b), textcoords="offset points", xytext=(5, 5), fontsize=8)
+def _value(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _scatter(ax: Any, rows: list[dict[str, Any]], x: Any, y: Any, hollow: bool = False) -> None:
+    """One point per row in the row's colour (rows without both figures left out); hollow squares or discs."""
+    for k, row in enumerate(rows):
+        a, b = _value(x(row)), _value(y(row))
+        if a is None or b is None:
+            continue
+        color = f"C{k % 10}"
+        if hollow:
+            ax.scatter([a], [b], s=90, marker="s", facecolors="none", edgecolors=color, linewidths=1.5)
+        else:
+            ax.scatter([a], [b], s=60, color=color, label=row["label"])
+
+
+def _finish(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set_xlim(left=0, right=ax.get_xlim()[1] * 1.08)
+    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.05) if "Dice" in ylabel else ax.get_ylim()[1] * 1.08)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
+def _speed(row: dict[str, Any]) -> float:
+    return best_latency(row)["patches_per_s"]
 
 
 def _plots(report: dict[str, Any], out: Path) -> None:
     optional_import("matplotlib", "train").use("Agg")
     plt = optional_import("matplotlib.pyplot", "train")
     rows = [r for r in report["models"] if "error" not in r and best_latency(r)]
-    def speed(row: dict[str, Any]) -> float:
-        return best_latency(row)["patches_per_s"]
-
     title = f"cervrt bench on {report['machine']['cpu']} ({report['machine']['usable_cores']} cores)"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    _scatter(ax, rows, lambda r: None if r.get("macs_patch") is None else r["macs_patch"] / 1e9, speed)
-    ax.set(xlabel="GMACs per patch (at the patch size)", ylabel="patches/s (best batch size)", title=title)
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    _scatter(ax, rows, lambda r: None if r.get("macs_patch") is None else r["macs_patch"] / 1e9, _speed)
+    _finish(ax, "GMACs per patch (at the patch size)", "patches/s (engine only, best batch size)", title)
     _save(fig, out / PLOTS[0], plt)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    _scatter(ax, rows, speed, lambda r: r["accuracy"]["dice"], label="Dice vs ground truth")
-    _scatter(ax, rows, speed, lambda r: (r.get("agreement") or {}).get("tissue"), True,
-             "argmax agreement with FP32 torch (tissue)")
-    ax.set(xlabel="patches/s (best batch size)", ylabel="Dice / agreement", title=title, ylim=(0, 1.05))
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    _scatter(ax, rows, _speed, lambda r: r["accuracy"]["dice"])
+    _scatter(ax, rows, _speed, lambda r: (r.get("agreement") or {}).get("tissue"), hollow=True)
+    _finish(ax, "patches/s (engine only, best batch size)",
+            "Dice vs ground truth (disc)\nagreement with FP32 torch (square)", title)
     _save(fig, out / PLOTS[1], plt)
 
 
