@@ -213,6 +213,18 @@ def test_rerunning_each_stage_continues_instead_of_starting_over(wsss_run):
     assert "assembling the artifact only" in again
 
 
+def test_labels_of_pixel_annotated_data_come_from_the_masks(wsss_run):
+    from cervrt.train.wsss.data import load_weak_source
+
+    root, _ = wsss_run
+    source = load_weak_source(root / "data", None, patch=32, stride=16, min_foreground=0.2, label_min_share=0.05)
+    assert source.samples
+    for sample in source.samples:
+        assert sample.labels == patch_labels(source.truth(sample), 0.05)
+        assert source.crop(sample).shape == (32, 32, 3)
+        assert sample.multi_hot().tolist() == [float(c in sample.labels) for c in (1, 2, 3, 4)]
+
+
 def test_train_seg_refuses_a_checkpoint_that_is_not_a_wsss_classifier(wsss_run, tmp_path):
     root, _ = wsss_run
     result = CliRunner().invoke(cli, ["wsss", "train-seg", "--pseudo", str(root / "pm"), "--classifier",

@@ -10,12 +10,12 @@ so that exported artifacts carry the classification gate for the runtime.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from cervrt.checkpoint import build_checkpoint, file_sha256, load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -93,8 +93,6 @@ HOOKS = TrainHooks(dataset=_pseudo_dataset, loss=_pseudo_loss)
 
 
 def _patch_size(pseudo: str) -> int:
-    import json
-
     meta = Path(pseudo) / "pseudo.json"
     if not meta.is_file():
         raise CervrtError(f"{pseudo} holds no pseudo.json: run `cervrt wsss pseudo-masks --out {pseudo}` first")
@@ -170,5 +168,4 @@ def gated(checkpoint: dict[str, Any], epsilon: float | None = None) -> nn.Module
     if checkpoint.get("arch") != WSSS_ARCH:
         raise CervrtError(f"the gate needs a {WSSS_ARCH} checkpoint, got {checkpoint.get('arch')!r}")
     eps = checkpoint.get("gate_epsilon", GATE_EPSILON) if epsilon is None else epsilon
-    with torch.no_grad():
-        return _Gated(model_from_checkpoint(checkpoint), float(eps)).eval()
+    return _Gated(model_from_checkpoint(checkpoint), float(eps)).eval()
