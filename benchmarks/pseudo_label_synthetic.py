@@ -53,6 +53,7 @@ def _step(name: str, done: Path, args: list[str], out: Path, minutes: dict[str, 
         print(f"{name}: {done} exists, skipped")
         return
     minutes[name] = round(_run(args, out / f"{name}.log"), 2)
+    (out / "minutes.json").write_text(json.dumps(minutes, indent=2) + "\n")
     print(f"{name}: {minutes[name]} min")
 
 
@@ -83,9 +84,11 @@ def main() -> None:
     parser.add_argument("--seg-epochs", type=int, default=4, help="Ensemble-A stage 2 epochs")
     parser.add_argument("--np", type=int, default=400)
     parser.add_argument("--keep", type=float, default=50.0)
+    parser.add_argument("--seeds", default="0", help="Training seeds of the Ensemble-A runs, comma-separated.")
     a = parser.parse_args()
-    out, minutes = a.out, {}
+    out = a.out
     out.mkdir(parents=True, exist_ok=True)
+    minutes = json.loads((out / "minutes.json").read_text()) if (out / "minutes.json").is_file() else {}
     data, test = out / "data", out / "test"
     _step("synth", data / "dataset.json", ["synth", "--out", str(data), "--regions", "12", "--size", "256",
                                            "--weak", "24", "--seed", "7"], out, minutes)
@@ -103,7 +106,7 @@ def main() -> None:
           out, minutes)
     accuracy = pseudo_label_accuracy(read_pseudo_labels(pl), data / "weak" / "masks")
     accuracy["chance"] = _chance(data / "weak", 64, 32, 0.2)
-    ens = ["train", "--arch", "ensemble_a", *common, "--batch-size", "8", "--loss", "ce"]
+    ens = ["train", "--arch", "ensemble_a", *common[:-2], "--batch-size", "8", "--loss", "ce"]
     total = str(a.cls_epochs + a.seg_epochs)
     runs = {
         "joint_s0": [*ens, "--epochs", total],
@@ -112,8 +115,9 @@ def main() -> None:
                             "--pseudo-labels", str(pl), "--weak-data", str(data / "weak")],
     }
     results: dict[str, Any] = {}
-    for name, args in runs.items():
-        _step(name, out / name / "last.pt", [*args, "--out", str(out / name)], out, minutes)
+    for seed, (base, args) in ((s, r) for s in a.seeds.split(",") for r in runs.items()):
+        name = base if seed == "0" else f"{base}_seed{seed}"
+        _step(name, out / name / "last.pt", [*args, "--seed", seed, "--out", str(out / name)], out, minutes)
         _step(f"eval_{name}", out / f"eval_{name}.json", ["eval", "--model", str(out / name / "best.pt"), "--data",
                                                           str(test), "--stride", "32", "--device", "cpu", "--json",
                                                           str(out / f"eval_{name}.json")], out, minutes)
@@ -121,6 +125,11 @@ def main() -> None:
     report = {"pseudo_labels": accuracy, "pseudo_summary": json.loads((out / "pl" / "pseudo.json").read_text()),
               "test_metrics": results, "minutes": minutes}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    for base in runs:
+        seeds = [m for name, m in results.items() if name == base or name.startswith(f"{base}_seed")]
+        if len(seeds) > 1:
+            mean = {k: float(np.mean([m[k] for m in seeds])) for k in seeds[0]}
+            results[f"{base} (mean of {len(seeds)} seeds)"] = mean
     lines = ["| Ensemble-A (ResNet-34, 64 px, synthetic) | Dice | mIoU | AP | WP |", "|---|---|---|---|---|"]
     lines += [f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in ("dice", "miou", "ap", "wp")) + " |"
               for name, m in results.items()]
