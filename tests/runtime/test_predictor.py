@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -160,33 +161,37 @@ def test_progress_is_reported_per_batch(model):
     assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len(calls) == 1 + -(-total // 4)
 
 
-def test_threads_sharing_a_predictor_get_identical_results(model, monkeypatch):
+@pytest.mark.parametrize("thread_safe", [False, True])
+def test_threads_sharing_a_predictor_get_identical_results(model, monkeypatch, thread_safe):
     from cervrt.engines.onnxruntime import OnnxRuntimeEngine
 
-    monkeypatch.setattr(OnnxRuntimeEngine, "thread_safe", False)  # so that the Predictor must lock
+    monkeypatch.setattr(OnnxRuntimeEngine, "thread_safe", thread_safe)  # False: the Predictor must lock
     images = [tissue_image(np.random.default_rng(10 + i), 120, 150) for i in range(2)]
     with Predictor(model, device="cpu", batch_size=3, stride=STRIDE, tissue_threshold=0) as predictor:
         serial = [predictor.predict(im) for im in images]
-        inside, overlap = [0], []
+        counter, inside, most = threading.Lock(), [0], [0]
         run = predictor.engine.run
 
-        def guarded(batch):
-            inside[0] += 1
-            overlap.append(inside[0])
+        def watched(batch):
+            with counter:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.003)  # widen the window in which another thread could enter
             try:
                 return run(batch)
             finally:
-                inside[0] -= 1
+                with counter:
+                    inside[0] -= 1
 
-        predictor.engine.run = guarded
+        predictor.engine.run = watched
         results: dict[int, np.ndarray] = {}
         threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, predictor.predict(images[i])))
-                   for i in range(2) for _ in range(1)]
+                   for i in range(2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    assert max(overlap) == 1  # engine calls were serialised
+    assert most[0] == (2 if thread_safe else 1)  # concurrent engine calls only when the engine allows them
     for i in range(2):
         np.testing.assert_array_equal(results[i], serial[i])
 
