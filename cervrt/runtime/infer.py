@@ -71,6 +71,21 @@ def _bar(name: str) -> Callable[[int, int], None] | Any:
     return progress
 
 
+def _one_slide(predictor: Any, slide: str | os.PathLike[str], out_dir: Path,
+               options: InferOptions) -> tuple[Any, str]:
+    """(SlideResult, "") or (None, the reason it failed in one line)."""
+    progress = _bar(Path(slide).name)
+    try:
+        return predictor.predict_slide(slide, out_dir, fmt=options.fmt, geojson=options.geojson,
+                                       progress=progress), ""
+    except CervrtError as exc:
+        return None, str(exc)
+    except OSError as exc:  # e.g. the disk filled up while writing
+        return None, f"{type(exc).__name__}: {exc}"
+    finally:
+        progress.close()
+
+
 def infer_slides(model: str | os.PathLike[str], slides: Sequence[str | os.PathLike[str]],
                  out: str | os.PathLike[str], options: InferOptions = InferOptions(),
                  echo: Callable[[str], None] = print, error: Callable[[str], None] = print) -> InferSummary:
@@ -85,16 +100,11 @@ def infer_slides(model: str | os.PathLike[str], slides: Sequence[str | os.PathLi
                    blend=options.blend, tissue_threshold=options.tissue_threshold, fusion=options.fusion,
                    mpp=options.mpp) as predictor:
         for slide in slides:
-            progress = _bar(Path(slide).name)
-            try:
-                result = predictor.predict_slide(slide, out_dir, fmt=options.fmt, geojson=options.geojson,
-                                                 progress=progress)
-            except CervrtError as exc:
-                summary.failed.append((str(slide), str(exc)))
-                progress.close()
-                error(f"error: {slide}: {exc}")
-                continue
-            progress.close()
-            summary.results.append(result)
-            echo(summary_line(result))
+            result, message = _one_slide(predictor, slide, out_dir, options)
+            if result is None:
+                summary.failed.append((str(slide), message))
+                error(f"error: {slide}: {message}")
+            else:
+                summary.results.append(result)
+                echo(summary_line(result))
     return summary
