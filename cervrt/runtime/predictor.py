@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from cervrt.errors import CervrtError
 from cervrt.runtime.fusion import get_backend
 from cervrt.runtime.stitcher import BandStitcher, LabelChunk
 from cervrt.runtime.tiling import BlendMode, blend_weights, check_tiling, window_starts
+
+if TYPE_CHECKING:
+    from cervrt.runtime.slide_run import SlideResult
 
 __all__ = ["STAGES", "FusionPath", "Predictor", "Progress", "Rows", "StageTimer", "choose_fusion", "gate_factors",
            "plan_rows"]
@@ -294,8 +297,8 @@ class Predictor:
             return []
 
         timer = StageTimer()
-        rows, _ = self._plan(height, width, self._image_tissue(image, timer))
-        self._run(_ArraySource(image, *self._gather_args()), rows, fuse, lambda chunks: None, timer, self.progress)
+        rows, _ = self.plan_windows(height, width, self._image_tissue(image, timer))
+        self._run(_ArraySource(image, *self.gather_args()), rows, fuse, lambda chunks: None, timer, self.progress)
         covered = wsum > 0
         np.divide(acc, wsum, out=acc, where=covered)
         acc[0][~covered] = 1.0
@@ -305,7 +308,7 @@ class Predictor:
     # -- whole slides --------------------------------------------------------------------------------
 
     def predict_slide(self, path: str | Path, out_dir: str | Path, fmt: str = "png", geojson: bool = False,
-                      name: str | None = None, progress: Progress | None = None) -> Any:
+                      name: str | None = None, progress: Progress | None = None) -> SlideResult:
         """Stream a slide through the model into ``out_dir``: NAME.mask.png (or .tiff), NAME.overlay.jpg,
         NAME.json and, with ``geojson``, NAME.geojson; see ``cervrt.runtime.slide_run``. Returns a SlideResult."""
         from cervrt.runtime.slide_run import run_slide
@@ -319,8 +322,8 @@ class Predictor:
     def _label_image(self, image: np.ndarray, sink: Callable[[list[LabelChunk]], None], timer: StageTimer,
                      progress: Progress | None) -> tuple[int, int]:
         height, width = image.shape[:2]
-        rows, skipped = self._plan(height, width, self._image_tissue(image, timer))
-        source = _ArraySource(image, *self._gather_args())
+        rows, skipped = self.plan_windows(height, width, self._image_tissue(image, timer))
+        source = _ArraySource(image, *self.gather_args())
         return self.label_rows(source, rows, height, width, sink, timer, progress), skipped
 
     def label_rows(self, source: Any, rows: Rows, height: int, width: int, sink: Callable[[list[LabelChunk]], None],
@@ -375,7 +378,8 @@ class Predictor:
             return output.probs, None
         return output.probs, gate_factors(output.class_probs, float(epsilon), self.num_classes)
 
-    def _plan(self, height: int, width: int, tissue: Any) -> tuple[Rows, int]:
+    def plan_windows(self, height: int, width: int, tissue: Any) -> tuple[Rows, int]:
+        """The windows of an image to run (row by row) and the number skipped, given its TissueMap or None."""
         fraction = None if tissue is None else tissue.fraction
         return plan_rows(height, width, self.engine.patch_size, self.settings.stride, fraction,
                          self.settings.tissue_threshold)
@@ -389,7 +393,8 @@ class Predictor:
         with timer("tissue"):
             return TissueMap.from_image(image)
 
-    def _gather_args(self) -> tuple[Callable[..., None], int, tuple[float, ...], tuple[float, ...]]:
+    def gather_args(self) -> tuple[Callable[..., None], int, tuple[float, ...], tuple[float, ...]]:
+        """(gather, patch, mean, std): what a patch source needs to fill a batch."""
         return (self._backend.gather, self.engine.patch_size, tuple(map(float, self.engine.mean)),
                 tuple(map(float, self.engine.std)))
 

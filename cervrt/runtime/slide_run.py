@@ -208,7 +208,7 @@ def _tissue(predictor: Any, slide: Any, timer: StageTimer) -> tuple[Any, np.ndar
 
 def _write_mask(predictor: Any, slide: Any, rows: Rows, fmt: MaskFormat, path: Path, timer: StageTimer,
                 progress: Progress | None) -> tuple[int, _LabelSink]:
-    source = SlideRows(slide, rows, *predictor._gather_args())
+    source = SlideRows(slide, rows, *predictor.gather_args())
     h, w = slide.height, slide.width
     with MaskWriter(path, h, w, fmt=fmt, mpp=slide.mpp) as writer:
         sink = _LabelSink(writer, LabelThumbnail(h, w, THUMBNAIL_SIDE), predictor.num_classes)
@@ -244,7 +244,7 @@ def run_slide(predictor: Any, path: str | Path, out_dir: str | Path, fmt: str = 
         name = name or slide.name
         paths = _paths(out, name, fmt_used, geojson)
         tissue, picture = _tissue(predictor, slide, timer)
-        rows, skipped = predictor._plan(slide.height, slide.width, tissue)
+        rows, skipped = predictor.plan_windows(slide.height, slide.width, tissue)
         with _all_or_nothing() as done:
             run, sink = _write_mask(predictor, slide, rows, fmt_used, paths["mask"], timer, progress)
             done.append(paths["mask"])
