@@ -90,6 +90,8 @@ class TrainConfig:
         if self.cls_epochs is not None and self.cls_epochs < 1:
             raise CervrtError(f"cls-epochs must be at least 1, got {self.cls_epochs}")
         plan_stages(self.arch, self.pseudo_labels, self.cls_epochs)
+        if self.pseudo_labels and not self.weak_data:
+            raise CervrtError("--pseudo-labels needs --weak-data DIR, the directory whose images/ the patches come from")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ _REQUIRED = ["--weak-data", "weak", "--labels", "labels.csv", "--out", "out"]
         (["pseudo-label", "--classifier", "m.pt", "--keep", "150", *_REQUIRED], "must be in (0, 100], got 150.0"),
         (["train", "--data", "d", "--out", "run", "--arch", "hspnet", "--pseudo-labels", "p.csv"],
          "hspnet has no patch classifier"),
+        (["train", "--data", "d", "--out", "run", "--arch", "ensemble_a", "--pseudo-labels", "p.csv"],
+         "--pseudo-labels needs --weak-data DIR"),
         (["train", "--data", "d", "--out", "run", "--arch", "classifier", "--cls-epochs", "2"],
          "use --epochs for a classifier"),
     ],
