@@ -180,11 +180,14 @@ def tiny_onnx(tmp_path_factory) -> Path:
 
 def test_report_on_a_tiny_model(tiny_onnx, tmp_path):
     out = tmp_path / "report"
-    config = BenchConfig(out=out, models=(tiny_onnx,), batch_sizes=(1, 4), device="cpu", settings=TINY)
+    plan = tmp_path / "broken.plan"  # no .plan.json beside it: reported as failed, the other model still runs
+    plan.write_bytes(b"not an engine")
+    config = BenchConfig(out=out, models=(tiny_onnx, plan), batch_sizes=(1, 4), device="cpu", settings=TINY)
     report = run_bench(config)
     saved = json.loads((out / "report.json").read_text())
     assert saved["machine"]["cpu"] and saved["machine"]["versions"]["numpy"] == np.__version__
-    (row,) = saved["models"]
+    row, failed = saved["models"]
+    assert failed["path"] == str(plan) and "broken.plan.json" in failed["error"]
     assert "error" not in row, row.get("error")
     assert row["engine"] == "onnxruntime" and row["precision"] == "fp32" and row["macs_patch"] == 340_000
     assert [t["batch"] for t in row["latency"]] == [1, 4]
@@ -197,6 +200,7 @@ def test_report_on_a_tiny_model(tiny_onnx, tmp_path):
     assert row["agreement"] is None and row["reference"] is None  # no checkpoint to compare with
     markdown = (out / "report.md").read_text()
     assert "tiny onnxruntime fp32" in markdown and saved["machine"]["cpu"] in markdown
+    assert "failed: " in markdown
     assert report["models"][0]["label"] == "tiny onnxruntime fp32"
     for name in ("throughput_vs_macs.png", "accuracy_vs_throughput.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
