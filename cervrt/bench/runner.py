@@ -96,6 +96,8 @@ def _ordered(models: tuple[Path, ...]) -> tuple[Path, ...]:
 
 
 def _label(path: Path, row: dict[str, Any]) -> str:
+    if "error" in row:
+        return path.name
     arch = row.get("arch") or path.stem
     encoder = f"-{row['encoder']}" if row.get("encoder") else ""
     return f"{arch}{encoder} {row.get('engine', '?')} {row.get('precision', '?')}"
