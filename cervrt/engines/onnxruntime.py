@@ -15,6 +15,11 @@ refuses with a CervrtError; under ``auto`` it keeps the CPU session and says why
 ``has_user_compute_stream``), or ``{"gpu_mem_limit": str(bytes)}``. ``device_id`` comes from the
 device string.
 
+CPU threads: ONNX Runtime's intra-op threads spin for a while after each ``run`` by default. In a
+slide run the engine alternates with the gather and fusion stages, whose C/OpenMP threads those
+spinning threads would steal the cores from, so spinning is turned off
+(``session.intra_op.allow_spinning = 0``).
+
 Thread safety: ``InferenceSession.run`` may be called from several threads at once on one session
 (ONNX Runtime guarantees it), so ``thread_safe`` is True and no lock is needed around ``run``.
 """
@@ -90,6 +95,7 @@ class OnnxRuntimeEngine(Engine):
     def _create_session(self, ort: Any, providers: list[Any]) -> Any:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
         try:
             return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for graphs it cannot load
