@@ -155,6 +155,22 @@ def test_wsss_seg_returns_segmentation_probs_unchanged_and_sigmoid_class_probs()
     assert class_probs.shape == (1, 4)
 
 
+def test_gated_wsss_model_applies_the_checkpoint_epsilon():
+    from cervrt.train.wsss import gated
+
+    torch.manual_seed(0)
+    kwargs = {"encoder": "resnet34", "cls_encoder": "resnet34"}
+    ckpt = build_checkpoint(create_model("wsss_seg", **kwargs), "wsss_seg", kwargs, gate_epsilon=0.5)
+    model, wrapped = model_from_checkpoint(ckpt), gated(ckpt)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        probs, class_probs = model.predict_proba(x)
+        gated_probs, _ = wrapped.predict_proba(x)
+    assert torch.equal(gated_probs, apply_gate(probs, class_probs, 0.5))
+    with pytest.raises(CervrtError, match="wsss_seg"):
+        gated(build_checkpoint(create_model("hspnet", encoder="resnet34"), "hspnet", {"encoder": "resnet34"}))
+
+
 def test_gate_epsilon_is_described_only_when_the_checkpoint_has_one():
     torch.manual_seed(0)
     model = create_model("ensemble_a", encoder="resnet34")
