@@ -23,11 +23,11 @@ class OptionalBuildExt(build_ext):
             try:
                 super().build_extension(_with_openmp(ext))
                 return
-            except Exception as exc:  # noqa: BLE001 - any compiler failure means "try without OpenMP"
+            except Exception as exc:
                 print(f"cervrt: building {ext.name} with OpenMP failed ({exc}); retrying without", file=sys.stderr)
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             print(f"cervrt: could not build {ext.name} ({exc}); the numpy reference will be used", file=sys.stderr)
 
 

@@ -98,7 +98,7 @@ def test_weights_of_another_architecture_are_refused(tiny_checkpoint):
 
 
 def test_save_is_atomic(tiny_checkpoint, tmp_path, monkeypatch):
-    path, model = tiny_checkpoint
+    path, _model = tiny_checkpoint
     target = tmp_path / "last.pt"
     target.write_bytes(path.read_bytes())
     before = target.read_bytes()

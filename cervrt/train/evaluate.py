@@ -46,7 +46,8 @@ def _pad_to_patch(image: np.ndarray, patch: int) -> np.ndarray:
 
 
 def _windows(height: int, width: int, sw: SlidingWindow) -> list[tuple[int, int]]:
-    return [(y, x) for y in window_starts(height, sw.patch, sw.stride) for x in window_starts(width, sw.patch, sw.stride)]
+    xs = window_starts(width, sw.patch, sw.stride)
+    return [(y, x) for y in window_starts(height, sw.patch, sw.stride) for x in xs]
 
 
 def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
@@ -54,7 +55,8 @@ def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int
         yield items[i : i + size]
 
 
-def _to_tensor(image: np.ndarray, corners: list[tuple[int, int]], sw: SlidingWindow, device: torch.device) -> torch.Tensor:
+def _to_tensor(image: np.ndarray, corners: list[tuple[int, int]], sw: SlidingWindow,
+               device: torch.device) -> torch.Tensor:
     p = sw.patch
     batch = np.stack([image[y : y + p, x : x + p] for y, x in corners])
     x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
@@ -85,7 +87,8 @@ def predict_region_proba(model: nn.Module, image: np.ndarray, sw: SlidingWindow,
     return fused[:, :h, :w].float().cpu().numpy()
 
 
-def predict_region(model: nn.Module, image: np.ndarray, sw: SlidingWindow, device: torch.device | str = "cpu") -> np.ndarray:
+def predict_region(model: nn.Module, image: np.ndarray, sw: SlidingWindow,
+                   device: torch.device | str = "cpu") -> np.ndarray:
     """Labels (H, W) uint8 of an RGB uint8 image."""
     return predict_region_proba(model, image, sw, device).argmax(axis=0).astype(np.uint8)
 

@@ -29,7 +29,8 @@ TORCHVISION_RESNET101 = {
 }
 
 
-@pytest.mark.parametrize(("name", "expected"), [("resnet34", TORCHVISION_RESNET34), ("resnet101", TORCHVISION_RESNET101)])
+@pytest.mark.parametrize(("name", "expected"),
+                         [("resnet34", TORCHVISION_RESNET34), ("resnet101", TORCHVISION_RESNET101)])
 def test_encoder_keys_match_torchvision(name, expected):
     with torch.device("meta"):
         state = build_encoder(name).state_dict()
@@ -39,7 +40,8 @@ def test_encoder_keys_match_torchvision(name, expected):
     assert not any(k.startswith("fc.") for k in state)
 
 
-@pytest.mark.parametrize(("name", "channels"), [("resnet34", (64, 128, 256, 512)), ("resnet101", (256, 512, 1024, 2048))])
+@pytest.mark.parametrize(("name", "channels"),
+                         [("resnet34", (64, 128, 256, 512)), ("resnet101", (256, 512, 1024, 2048))])
 def test_encoder_returns_four_feature_maps(name, channels):
     encoder = build_encoder(name).eval()
     with torch.no_grad():
@@ -82,7 +84,8 @@ def test_mismatched_encoder_weights_are_reported(tmp_path):
     _, path = _torchvision_like_file(tmp_path, "resnet34")
     target = build_encoder("resnet101")
     before = {k: v.clone() for k, v in target.state_dict().items()}
-    with pytest.raises(CervrtError, match=r"missing: layer1\.0\.bn3.* \(\+\d+ more\); wrong shape: .*right ResNet depth"):
+    expected = r"missing: layer1\.0\.bn3.* \(\+\d+ more\); wrong shape: .*right ResNet depth"
+    with pytest.raises(CervrtError, match=expected):
         load_encoder_weights(target, path)
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
 
