@@ -91,7 +91,8 @@ class TrainConfig:
             raise CervrtError(f"cls-epochs must be at least 1, got {self.cls_epochs}")
         plan_stages(self.arch, self.pseudo_labels, self.cls_epochs)
         if self.pseudo_labels and not self.weak_data:
-            raise CervrtError("--pseudo-labels needs --weak-data DIR, the directory whose images/ the patches come from")
+            raise CervrtError("--pseudo-labels needs --weak-data DIR, the directory whose images/ the patches "
+                              "come from")
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,12 @@ class _Run:
         make = self.hooks.dataset if self.hooks else lambda regions, cfg: stage_dataset(self.stage, regions, cfg)
         self.dataset = make(train_regions, c)
         if len(self.dataset) == 0:
-            raise CervrtError(f"no training patch of {c.patch_size} px has {c.min_foreground:.0%} foreground in {c.data}")
+            raise CervrtError(f"no training patch of {c.patch_size} px has {c.min_foreground:.0%} foreground "
+                              f"in {c.data}")
         generator = torch.Generator().manual_seed(c.seed)
-        self.loader = DataLoader(self.dataset, batch_size=c.batch_size, shuffle=True, drop_last=len(self.dataset) > c.batch_size,
-                                 num_workers=c.workers, generator=generator, pin_memory=self.device.type == "cuda")
+        self.loader = DataLoader(self.dataset, batch_size=c.batch_size, shuffle=True,
+                                 drop_last=len(self.dataset) > c.batch_size, num_workers=c.workers,
+                                 generator=generator, pin_memory=self.device.type == "cuda")
         self.val = [(r.name, *load_region(r)) for r in val_regions]
         self.val_patches = PatchDataset(val_regions, patch=c.patch_size, stride=c.val_stride or c.patch_size,
                                         min_foreground=c.min_foreground) if self.stage is Stage.CLASSIFY else None
@@ -207,7 +210,8 @@ class _Run:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch = int(ckpt["epoch"])
         self.history = list(ckpt.get("history", []))
-        self.best = (float(ckpt.get("best_score", -math.inf)), int(ckpt.get("best_epoch", 0)), ckpt.get("best_metrics", {}))
+        self.best = (float(ckpt.get("best_score", -math.inf)), int(ckpt.get("best_epoch", 0)),
+                     ckpt.get("best_metrics", {}))
 
     def _step(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> float:
         images, masks, labels = (t.to(self.device, non_blocking=True) for t in (images, masks, labels))
