@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -51,6 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cervrt._io import write_json
+from cervrt.bench.machine import cpu_model, host_tag
 from cervrt.export import ExportConfig, export
 
 __all__ = ["main"]
@@ -66,20 +66,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case after one warm-up")
     parser.add_argument("--out", type=Path, default=None, help="JSON path [benchmarks/results/export-...json]")
     return parser.parse_args(argv)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.node() or "cpu"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
 
 
 def _load() -> float:
@@ -217,15 +203,14 @@ def _environment() -> dict[str, Any]:
 
     from cervrt import __version__
 
-    return {"cpu": _cpu_name(), "host": platform.node(), "cpu_count": os.cpu_count(),
+    return {"cpu": cpu_model(), "host": platform.node(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "cervrt": __version__,
             "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "weights": "untrained (default initialisation, torch seed 0)"}
 
 
-def _output_path(env: dict[str, Any]) -> Path:
-    name = f"export-{_slug(env['cpu'])}-torch{env['torch'].split('+')[0]}-ort{env['onnxruntime']}.json"
-    return RESULTS / name
+def _output_path() -> Path:
+    return RESULTS / f"export-{host_tag(keys=('torch', 'onnxruntime-gpu', 'onnxruntime'))}.json"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -244,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\n{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({env['torch_threads']} threads), "
           f"onnxruntime {env['onnxruntime']}; load average {env['load_avg_1min_start']:.2f} -> "
           f"{env['load_avg_1min_end']:.2f}; weights untrained")
-    out = args.out or _output_path(env)
+    out = args.out or _output_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, report)
     print(f"saved {out}")
