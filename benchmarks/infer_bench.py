@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from cervrt._cv import cv2  # noqa: E402
 from cervrt._io import write_json  # noqa: E402
+from cervrt.bench.machine import host_tag  # noqa: E402
 from cervrt.runtime.predictor import STAGES, Predictor  # noqa: E402
 
 
@@ -81,7 +82,7 @@ def main() -> None:
     print(f"fusion's own stages (preprocess + fuse): C {own['c']:.3f} s, numpy {own['numpy']:.3f} s, "
           f"{own['numpy'] / own['c']:.1f}x; patches/s C {reports['c']['patches_per_s']:.0f}, "
           f"numpy {reports['numpy']['patches_per_s']:.0f}; masks identical: {same}")
-    out = ROOT / "benchmarks" / "results" / "infer-c-vs-numpy.json"
+    out = ROOT / "benchmarks" / "results" / f"infer-c-vs-numpy-{host_tag(keys=('numpy', 'onnxruntime-gpu'))}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {"size": args.size, "batch": args.batch, "load_average": load, "masks_identical": same,
                      "omp_num_threads": threads,
