@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from click.testing import CliRunner
 
 from cervrt.bench import BenchConfig, BenchSettings, format_paper_table, paper_table, parse_batch_sizes, run_bench
 from cervrt.bench.endtoend import SynthSlide, agreement
-from cervrt.bench.measure import PeakMemory, time_engine
+from cervrt.bench.measure import time_engine
 from cervrt.bench.models import find_reference
 from cervrt.bench.paper import percent_diff
 from cervrt.checkpoint import file_sha256
@@ -81,11 +83,21 @@ def test_time_engine_counts_warmup_and_repeats():
     assert result["mpx_per_s"] == pytest.approx(result["patches_per_s"] * 32 * 32 / 1e6)
 
 
+_PEAK_PROBE = """
+import json, numpy as np
+from cervrt.bench.measure import PeakMemory
+with PeakMemory() as peak:
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    block[::512] += 1
+print(json.dumps(peak.result()))
+"""
+
+
 def test_peak_memory_sees_an_allocation():
-    with PeakMemory() as peak:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        block[::512] += 1
-    result = peak.result()
+    # A fresh process: in the test session, memory other tests free during the block would hide it.
+    done = subprocess.run([sys.executable, "-c", _PEAK_PROBE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
     assert result["peak_rss_mib"] >= result["start_rss_mib"] + 60 or result["scope"] == "process"
 
 
