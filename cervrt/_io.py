@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
 import secrets
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 from cervrt.errors import CervrtError, MissingDependencyError
 
-__all__ = ["atomic_path", "ensure_writable_dir", "optional_import", "write_json"]
+__all__ = ["atomic_path", "ensure_writable_dir", "nan_to_none", "optional_import", "write_json"]
 
 
 def optional_import(module: str, extra: str) -> Any:
@@ -79,6 +80,17 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def nan_to_none(value: Any) -> Any:
+    """``value`` with every float NaN replaced by None, through dicts, lists and tuples (for strict JSON)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_none(v) for v in value]
+    return value
 
 
 def write_json(target: str | os.PathLike[str], obj: Any) -> None:

@@ -34,16 +34,9 @@ class _Group(click.Group):
 
 
 def _dump(obj: Any) -> str:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
+    from cervrt._io import nan_to_none
 
-    return json.dumps(clean(obj), indent=2)
+    return json.dumps(nan_to_none(obj), indent=2)
 
 
 def _explicit(ctx: click.Context, names: list[str]) -> dict[str, Any]:

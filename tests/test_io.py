@@ -41,3 +41,15 @@ def test_success_replaces_the_target(tmp_path):
 def test_missing_directory_is_one_clear_error(tmp_path):
     with pytest.raises(CervrtError, match="does not exist"), atomic_path(tmp_path / "nowhere" / "x.json"):
         pass
+
+
+def test_nan_to_none_makes_strict_json():
+    import json
+    import math
+
+    from cervrt._io import nan_to_none
+
+    value = {"dice": math.nan, "per_class": [0.5, math.nan], "pair": (math.nan, 1), "n": 3, "name": "x"}
+    cleaned = nan_to_none(value)
+    assert cleaned == {"dice": None, "per_class": [0.5, None], "pair": [None, 1], "n": 3, "name": "x"}
+    json.dumps(cleaned, allow_nan=False)  # raises on any NaN left

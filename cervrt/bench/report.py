@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cervrt._io import atomic_path, optional_import, write_json
+from cervrt._io import atomic_path, nan_to_none, optional_import, write_json
 
 __all__ = ["PLOTS", "best_latency", "format_report", "write_report"]
 
@@ -162,20 +162,9 @@ def _save(fig: Any, target: Path, plt: Any) -> None:
     plt.close(fig)
 
 
-def _strict(value: Any) -> Any:
-    """NaN -> None throughout, so that report.json is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
 def write_report(report: dict[str, Any], out: Path) -> None:
     """``report.json`` (strict JSON: NaN written as null), ``report.md`` and the plots into ``out``."""
-    write_json(out / "report.json", _strict(report))
+    write_json(out / "report.json", nan_to_none(report))
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(format_report(report))
     _plots(report, out)
