@@ -12,7 +12,6 @@ import pytest
 from cervrt.errors import CervrtError
 from cervrt.runtime import cuda_fusion, reference
 from cervrt.runtime.cuda_fusion import (
-    CSRC_DIR,
     KERNEL_NAMES,
     CudaFusion,
     accumulate_box,
@@ -23,8 +22,6 @@ from cervrt.runtime.cuda_fusion import (
 )
 from cervrt.runtime.stitcher import BandStitcher
 from cervrt.runtime.tiling import window_starts
-
-from .cuda_emulation import EmulatedDriver, build_host_kernels
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -159,17 +156,6 @@ def _expected(image, ys, xs, probs, gate, patch: int, stride: int, blend: str):
     inputs = np.zeros((len(ys), 3, patch, patch), np.float32)
     reference.gather(image, ys, xs, patch, MEAN, STD, inputs)
     return labels, inputs
-
-
-@pytest.fixture
-def emulated(tmp_path, monkeypatch: pytest.MonkeyPatch) -> EmulatedDriver:
-    real = pytest.importorskip("cuda.bindings.driver")
-    kernels = build_host_kernels(CSRC_DIR, tmp_path)
-    if kernels is None:
-        pytest.skip("no C++ compiler on PATH to build the kernels for the host")
-    driver = EmulatedDriver(real, kernels)
-    monkeypatch.setattr(cuda_fusion, "_driver", lambda: driver)
-    return driver
 
 
 CASES = [  # height, width, patch, stride, batch, blend, gated

@@ -15,11 +15,8 @@ from cervrt._cv import cv2
 from cervrt.engines import base
 from cervrt.engines.onnxruntime import OnnxRuntimeEngine
 from cervrt.runtime import cuda_fusion, cuda_path
-from cervrt.runtime.cuda_fusion import CSRC_DIR
 from cervrt.runtime.predictor import FusionPath, Predictor
 from tests.runtime.tiny_model import MPP, save_tiny_model, tissue_image
-
-from .cuda_emulation import EmulatedDriver, build_host_kernels
 
 
 class _EmulatedPlan:
@@ -65,16 +62,11 @@ class _EmulatedPlan:
 
 
 @pytest.fixture
-def emulated(tmp_path, monkeypatch):
-    real = pytest.importorskip("cuda.bindings.driver")
-    kernels = build_host_kernels(CSRC_DIR, tmp_path)
-    if kernels is None:
-        pytest.skip("no C++ compiler on PATH to build the kernels for the host")
-    driver = EmulatedDriver(real, kernels)
-    monkeypatch.setattr(cuda_fusion, "_driver", lambda: driver)
+def emulated(emulated, monkeypatch):
+    """The emulated driver (conftest), plus the Predictor's kernel source and the stand-in plan engine."""
     monkeypatch.setattr(cuda_path, "_kernels", lambda predictor: b"// emulated")
     monkeypatch.setitem(base._REGISTRY, ".emuplan", _EmulatedPlan)
-    return driver
+    return emulated
 
 
 def _plan_file(tmp_path, **kwargs):
