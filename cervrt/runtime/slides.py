@@ -37,7 +37,8 @@ from cervrt._cv import PIXEL_LIMIT, PIXEL_LIMIT_RAISED, cv2
 from cervrt._io import optional_import
 from cervrt.errors import CervrtError
 
-__all__ = ["SUPPORTED_SUFFIXES", "ImageSlide", "OpenSlideSlide", "Slide", "TiffSlide", "open_slide"]
+__all__ = ["SUPPORTED_SUFFIXES", "ImageSlide", "OpenSlideSlide", "Slide", "TiffSlide", "decode_image", "open_slide",
+           "read_rgb"]
 
 _GLASS = 255
 _MPP_RANGE = (0.01, 100.0)  # plausible microns per pixel of a microscope image
@@ -46,6 +47,7 @@ _BLOCK = 2048  # output pixels per side resampled at once (OpenCV's warp is limi
 _BAND_BYTES = 64 << 20  # level bytes read at once when making a thumbnail
 _BAND_ROWS = 1024  # rows composited at once (bounds the float buffer)
 _COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif")
+_NOT_DECODED = "it is not an image file, or it is corrupt or truncated"
 
 
 # --- pixels ------------------------------------------------------------------------------------
@@ -167,7 +169,8 @@ class Slide(abc.ABC):
 # --- PNG / JPEG --------------------------------------------------------------------------------
 
 
-def _decode(path: Path) -> np.ndarray:
+def decode_image(path: Path) -> np.ndarray:
+    """A PNG/JPEG file as OpenCV decodes it (BGR order, any depth and channels); CervrtError if it cannot."""
     try:
         raw = np.fromfile(path, np.uint8)
     except OSError as exc:
@@ -176,20 +179,26 @@ def _decode(path: Path) -> np.ndarray:
         data = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # OpenCV 5 raises, rather than returning None, for an image over its pixel limit
         if "MAX_IMAGE" not in str(exc):
-            raise CervrtError(f"cannot decode {path}: it is corrupt or truncated") from exc
+            raise CervrtError(f"cannot decode {path}: {_NOT_DECODED}") from exc
         late = "" if PIXEL_LIMIT_RAISED else " import cervrt before cv2, or"
         raise CervrtError(f"{path} has more pixels than OpenCV's decode limit of {PIXEL_LIMIT}:{late} set "
                           "OPENCV_IO_MAX_IMAGE_PIXELS higher before cv2 is first imported") from exc
     if data is None:
-        raise CervrtError(f"cannot decode {path}: it is corrupt or truncated")
+        raise CervrtError(f"cannot decode {path}: {_NOT_DECODED}")
     return data
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """A PNG/JPEG file as (H, W, 3) RGB uint8, converted as the module docstring says (the training
+    data reader uses this too, so that training and inference see the same pixels)."""
+    return _rgb(decode_image(path), path, bgr=True)
 
 
 class ImageSlide(Slide):
     """A PNG or JPEG read whole through OpenCV and resized once to the processing resolution."""
 
     def __init__(self, path: Path, target_mpp: float, mpp: float | None) -> None:
-        image = _rgb(_decode(path), path, bgr=True)
+        image = read_rgb(path)
         height, width = image.shape[:2]
         downsample = 1.0 if mpp is None else target_mpp / mpp
         if not _nearly(downsample, 1.0):

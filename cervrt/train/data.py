@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from cervrt._cv import cv2
 from cervrt._io import optional_import
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD, MIN_FOREGROUND, NUM_CLASSES, PATCH_SIZE, PATCH_STRIDE
 from cervrt.errors import CervrtError
+from cervrt.runtime.slides import decode_image, read_rgb
 from cervrt.runtime.tiling import check_tiling, window_starts
 
 __all__ = [
@@ -98,44 +98,17 @@ def _image_files(directory: Path) -> list[Path]:
     return files
 
 
-def _decode(path: Path) -> np.ndarray:
-    try:
-        data = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-    except OSError as exc:
-        raise CervrtError(f"cannot read {path}: {exc.strerror}") from exc
-    if data is None:
-        raise CervrtError(f"cannot read {path}: it is not an image file or it is corrupt")
-    return data
-
-
-def _to_uint8(data: np.ndarray, path: Path) -> np.ndarray:
-    if data.dtype == np.uint8:
-        return data
-    if data.dtype == np.uint16:
-        return (data >> 8).astype(np.uint8)
-    raise CervrtError(f"{path} has {data.dtype} pixels: save it as an 8-bit image")
-
-
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3): greyscale is repeated, RGBA is laid on white glass,
-    16-bit is reduced to 8 bits."""
-    path = Path(path)
-    data = _to_uint8(_decode(path), path)
-    if data.ndim == 2 or data.shape[2] == 1:
-        return cv2.cvtColor(data.reshape(data.shape[:2]), cv2.COLOR_GRAY2RGB)
-    if data.shape[2] == 3:
-        return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
-    if data.shape[2] == 4:
-        alpha = data[..., 3:].astype(np.float32) / 255.0
-        over_white = data[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-        return cv2.cvtColor(np.rint(over_white).astype(np.uint8), cv2.COLOR_BGR2RGB)
-    raise CervrtError(f"{path} has {data.shape[2]} channels: save it as an RGB image")
+    """An image file as RGB uint8 (H, W, 3), exactly as the runtime reads it
+    (``cervrt.runtime.slides.read_rgb``): greyscale is repeated, RGBA is laid on white glass, 16-bit
+    is scaled to 8 bits."""
+    return read_rgb(Path(path))
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """A mask file as uint8 (H, W) with values 0..4; a colour file is accepted when it is grey."""
     path = Path(path)
-    data = _decode(path)
+    data = decode_image(path)
     if data.ndim == 3:
         grey = data[..., 0]
         if data.shape[2] < 3 or not all(np.array_equal(grey, data[..., c]) for c in (1, 2)):
