@@ -25,13 +25,14 @@ SLIDE_SIZE = 1024
 
 
 def _write_slide(directory: Path, seed: int) -> tuple[Path, np.ndarray]:
+    from cervrt.train.data import write_png
     from cervrt.train.synth import synthesize_region
 
     rgb, mask = synthesize_region(np.random.default_rng(seed), SLIDE_SIZE)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "synthetic_slide.png"
-    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(directory / "synthetic_slide.truth.png"), mask)
+    write_png(path, rgb)
+    write_png(directory / "synthetic_slide.truth.png", mask)
     return path, mask
 
 

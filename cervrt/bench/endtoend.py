@@ -41,8 +41,7 @@ class SlideRun:
 
 def make_test_set(directory: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[SynthSlide]:
     """``count`` synthetic slides of ``size`` (height, width) as PNG files in ``directory``."""
-    from cervrt._cv import cv2
-    from cervrt._io import atomic_path
+    from cervrt.train.data import write_png
     from cervrt.train.synth import synthesize_slide
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -50,8 +49,7 @@ def make_test_set(directory: Path, count: int, size: tuple[int, int], seed: int 
     for index in range(count):
         rgb, mask = synthesize_slide(np.random.default_rng([seed, index]), size)
         path = directory / f"synthetic_{index:02d}.png"
-        with atomic_path(path) as tmp:
-            cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1]))
+        write_png(path, rgb)
         slides.append(SynthSlide(path, mask))
     return slides
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from cervrt._io import optional_import
+from cervrt._cv import cv2
+from cervrt._io import atomic_path, optional_import
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD, MIN_FOREGROUND, NUM_CLASSES, PATCH_SIZE, PATCH_STRIDE
 from cervrt.errors import CervrtError
 from cervrt.runtime.slides import decode_image, read_rgb
@@ -44,6 +45,7 @@ __all__ = [
     "read_mask",
     "read_weak_labels",
     "split_regions",
+    "write_png",
 ]
 
 #: Image file types read from ``images/`` (masks are always PNG).
@@ -103,6 +105,15 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     (``cervrt.runtime.slides.read_rgb``): greyscale is repeated, RGBA is laid on white glass, 16-bit
     is scaled to 8 bits."""
     return read_rgb(Path(path))
+
+
+def write_png(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Write an RGB (H, W, 3) or greyscale (H, W) uint8 array as a PNG, atomically."""
+    path = Path(path)
+    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), image):
+            raise CervrtError(f"cannot write {path}: check the disk space and permissions")
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:

@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cervrt._cv import cv2
 from cervrt._io import atomic_path, ensure_writable_dir, write_json
 from cervrt.constants import CLASS_NAMES, MTCHI_MPP
 from cervrt.errors import CervrtError
 from cervrt.train._synth_tissue import ATYPIA_EXTENT, random_grades, random_stain, render, tissue
+from cervrt.train.data import write_png
 
 __all__ = ["ATYPIA_EXTENT", "GENERATOR", "synthesize_region", "synthesize_slide", "write_dataset"]
 
@@ -119,13 +119,6 @@ def _check_out_dir(out_dir: Path) -> None:
         raise CervrtError(f"{out_dir} is not empty and holds no synthetic dataset: choose an empty or new directory")
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise CervrtError(f"cannot write {path}: check the disk space and permissions")
-
-
 def _write_labels_csv(path: Path, labels: dict[str, list[int]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -186,8 +179,8 @@ def _write_regions(out: Path, prefix: str, names: list[str], key: list[int], siz
     counts = []
     for i, name in enumerate(names):
         image, mask = synthesize_region(np.random.default_rng([*key, i]), size)
-        _write_png(out / f"{prefix}images/{name}.png", image)
-        _write_png(out / f"{prefix}masks/{name}.png", mask)
+        write_png(out / f"{prefix}images/{name}.png", image)
+        write_png(out / f"{prefix}masks/{name}.png", mask)
         counts.append(np.bincount(mask.ravel(), minlength=5))
         bar.update()
     return counts

@@ -21,19 +21,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cervrt._io import atomic_path, ensure_writable_dir, write_json
+from cervrt._io import ensure_writable_dir, write_json
 from cervrt.checkpoint import file_sha256, load_checkpoint
 from cervrt.constants import NUM_CLASSES
 from cervrt.errors import CervrtError
 from cervrt.metrics import MetricAccumulator
 from cervrt.models.wsss import CAM_LAYERS
-from cervrt.train.data import read_mask
+from cervrt.train.data import read_mask, write_png
 from cervrt.train.loop import resolve_device
 from cervrt.train.wsss.classify import classifier_from_checkpoint
 from cervrt.train.wsss.data import FUSED_DIR, MASK_DIRS, GlassThreshold, WeakSource, load_weak_source
@@ -101,13 +100,6 @@ def pseudo_mask(scores: np.ndarray, labels: Sequence[int], glass: np.ndarray, bg
     return mask
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise CervrtError(f"cannot write {path}: check the disk space and permissions")
-
-
 _OUTPUTS = ("images", *MASK_DIRS.values(), FUSED_DIR)
 
 
@@ -139,9 +131,9 @@ def _write_sample(out: Path, name: str, rgb: np.ndarray, layer_scores: list[np.n
                   glass: np.ndarray, bg_threshold: float) -> None:
     fused = sum(w * s for w, s in zip(LAYER_WEIGHTS, layer_scores, strict=True))
     for layer, scores in zip(CAM_LAYERS, layer_scores, strict=True):
-        _write_png(out / MASK_DIRS[layer] / f"{name}.png", pseudo_mask(scores, labels, glass, bg_threshold))
-    _write_png(out / FUSED_DIR / f"{name}.png", pseudo_mask(fused, labels, glass, bg_threshold))
-    _write_png(out / "images" / f"{name}.png", rgb)
+        write_png(out / MASK_DIRS[layer] / f"{name}.png", pseudo_mask(scores, labels, glass, bg_threshold))
+    write_png(out / FUSED_DIR / f"{name}.png", pseudo_mask(fused, labels, glass, bg_threshold))
+    write_png(out / "images" / f"{name}.png", rgb)
 
 
 def _measure(source: WeakSource, out: Path) -> dict[str, Any] | None:
