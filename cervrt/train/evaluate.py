@@ -21,7 +21,8 @@ from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD
 from cervrt.metrics import MetricAccumulator, format_metrics_table
 from cervrt.runtime.tiling import BlendMode, blend_weights, window_starts
 
-__all__ = ["SlidingWindow", "evaluate_checkpoint", "evaluate_regions", "predict_region", "predict_region_proba"]
+__all__ = ["SlidingWindow", "evaluate_checkpoint", "evaluate_regions", "predict_region", "predict_region_proba",
+           "to_model_input"]
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,20 @@ def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int
         yield items[i : i + size]
 
 
+def to_model_input(patches: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                   device: torch.device | str) -> torch.Tensor:
+    """uint8 (N, P, P, 3) RGB patches -> float32 (N, 3, P, P) on ``device``, ``(v / 255 - mean) / std``:
+    the normalisation every torch-side consumer of patches uses (the runtime's is the C ``gather``)."""
+    x = torch.from_numpy(np.ascontiguousarray(patches)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
+
+
 def _to_tensor(image: np.ndarray, corners: list[tuple[int, int]], sw: SlidingWindow,
                device: torch.device) -> torch.Tensor:
     p = sw.patch
-    batch = np.stack([image[y : y + p, x : x + p] for y, x in corners])
-    x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(sw.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(sw.std, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return to_model_input(np.stack([image[y : y + p, x : x + p] for y, x in corners]), sw.mean, sw.std, device)
 
 
 @torch.no_grad()

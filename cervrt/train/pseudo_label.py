@@ -242,17 +242,19 @@ class _Scorer:
 
         self.torch, self.device, self.batch_size = torch, resolve_device(device), batch_size
         self.model = model_from_checkpoint(checkpoint).to(self.device)
-        self.mean = torch.tensor(checkpoint.get("mean", IMAGENET_MEAN), device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(checkpoint.get("std", IMAGENET_STD), device=self.device).view(1, 3, 1, 1)
+        self.mean = checkpoint.get("mean", IMAGENET_MEAN)
+        self.std = checkpoint.get("std", IMAGENET_STD)
 
     def __call__(self, image: np.ndarray, corners: np.ndarray, patch: int) -> np.ndarray:
+        from cervrt.train.evaluate import to_model_input
+
         torch, out = self.torch, []
         with torch.no_grad():
             for start in range(0, len(corners), self.batch_size):
                 batch = corners[start : start + self.batch_size]
                 crops = np.stack([image[y : y + patch, x : x + patch] for y, x in batch])
-                x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-                out.append(torch.softmax(self.model.classify((x - self.mean) / self.std).float(), dim=1).cpu().numpy())
+                x = to_model_input(crops, self.mean, self.std, self.device)
+                out.append(torch.softmax(self.model.classify(x).float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(_CLASSES)), np.float32)
 
 

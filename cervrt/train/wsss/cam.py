@@ -33,6 +33,7 @@ from cervrt.errors import CervrtError
 from cervrt.metrics import MetricAccumulator
 from cervrt.models.wsss import CAM_LAYERS
 from cervrt.train.data import read_mask, write_png
+from cervrt.train.evaluate import to_model_input
 from cervrt.train.loop import resolve_device
 from cervrt.train.wsss.classify import classifier_from_checkpoint
 from cervrt.train.wsss.data import FUSED_DIR, MASK_DIRS, GlassThreshold, WeakSource, load_weak_source
@@ -113,13 +114,11 @@ class _Generator:
     def __init__(self, config: PseudoMaskConfig, ckpt: dict[str, Any]) -> None:
         self.device = resolve_device(config.device)
         self.model = classifier_from_checkpoint(ckpt).to(self.device)
-        self.mean = torch.tensor(ckpt["mean"], device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(ckpt["std"], device=self.device).view(1, 3, 1, 1)
+        self.mean, self.std = ckpt["mean"], ckpt["std"]
 
     def scores(self, patches: np.ndarray) -> list[np.ndarray]:
         """Per layer: float32 (N, 4, P, P) normalised Grad-CAMs of a uint8 (N, P, P, 3) batch."""
-        x = torch.from_numpy(patches).to(self.device).permute(0, 3, 1, 2).float().div(255.0)
-        x = (x - self.mean) / self.std
+        x = to_model_input(patches, self.mean, self.std, self.device)
         with torch.enable_grad():
             feats = self.model.features(x)
             logits = self.model.head(feats[CAM_LAYERS[-1]])
