@@ -41,6 +41,7 @@ __all__ = [
     "extract_patches",
     "list_regions",
     "load_region",
+    "pad_to_patch",
     "read_image",
     "read_mask",
     "read_weak_labels",
@@ -283,13 +284,14 @@ def _colour_jitter(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
 # --- dataset ----------------------------------------------------------------------------------
 
 
-def _pad(image: np.ndarray, mask: np.ndarray, patch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad a region smaller than the patch at the bottom / right: image white (glass), mask 0."""
-    dy, dx = max(0, patch - mask.shape[0]), max(0, patch - mask.shape[1])
+def pad_to_patch(array: np.ndarray, patch: int, value: int) -> np.ndarray:
+    """``array`` (H, W[, C]) padded with ``value`` at the bottom / right to at least ``patch`` on each side
+    (images of regions smaller than a patch: 255, glass; their masks: 0, background)."""
+    dy, dx = max(0, patch - array.shape[0]), max(0, patch - array.shape[1])
     if not dy and not dx:
-        return image, mask
-    image = np.pad(image, ((0, dy), (0, dx), (0, 0)), constant_values=255)
-    return image, np.pad(mask, ((0, dy), (0, dx)), constant_values=0)
+        return array
+    widths = ((0, dy), (0, dx)) + ((0, 0),) * (array.ndim - 2)
+    return np.pad(array, widths, constant_values=value)
 
 
 def _check_stats(name: str, values: Sequence[float], positive: bool) -> np.ndarray:
@@ -335,7 +337,7 @@ class PatchDataset:
         for index, region in enumerate(self.regions):
             image, mask = load_region(region)
             self.patches += [(index, p) for p in extract_patches(mask, patch, stride, min_foreground)]
-            image, mask = _pad(image, mask, patch)
+            image, mask = pad_to_patch(image, patch, 255), pad_to_patch(mask, patch, 0)
             self.images.append(image)
             self.masks.append(mask)
         self.class_counts = np.bincount(self.labels, minlength=len(_FOREGROUND)).astype(np.int64)

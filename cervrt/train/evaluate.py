@@ -20,6 +20,7 @@ from cervrt._io import write_json
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD
 from cervrt.metrics import MetricAccumulator, format_metrics_table
 from cervrt.runtime.tiling import BlendMode, blend_weights, window_starts
+from cervrt.train.data import pad_to_patch
 
 __all__ = ["SlidingWindow", "evaluate_checkpoint", "evaluate_regions", "predict_region", "predict_region_proba",
            "to_model_input"]
@@ -35,15 +36,6 @@ class SlidingWindow:
     batch_size: int = 8
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
-
-
-def _pad_to_patch(image: np.ndarray, patch: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    if h >= patch and w >= patch:
-        return image
-    padded = np.full((max(h, patch), max(w, patch), 3), 255, dtype=np.uint8)
-    padded[:h, :w] = image
-    return padded
 
 
 def _windows(height: int, width: int, sw: SlidingWindow) -> list[tuple[int, int]]:
@@ -78,7 +70,7 @@ def predict_region_proba(model: nn.Module, image: np.ndarray, sw: SlidingWindow,
     """Fused probabilities (classes, H, W) float32 of an RGB uint8 image."""
     device = torch.device(device)
     h, w = image.shape[:2]
-    padded = _pad_to_patch(image, sw.patch)
+    padded = pad_to_patch(image, sw.patch, 255)
     weights = torch.from_numpy(np.array(blend_weights(sw.blend, sw.patch))).to(device)
     acc: torch.Tensor | None = None
     wsum = torch.zeros(padded.shape[:2], device=device)

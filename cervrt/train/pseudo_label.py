@@ -45,6 +45,7 @@ from cervrt.train.data import (
     PatchDataset,
     extract_patches,
     list_regions,
+    pad_to_patch,
     read_image,
     read_mask,
     read_weak_labels,
@@ -216,11 +217,6 @@ def weak_images(weak_data: str | os.PathLike[str], names: Iterable[str]) -> dict
 # --- scoring windows with M -------------------------------------------------------------------
 
 
-def _pad_white(image: np.ndarray, patch: int) -> np.ndarray:
-    dy, dx = max(0, patch - image.shape[0]), max(0, patch - image.shape[1])
-    return np.pad(image, ((0, dy), (0, dx), (0, 0)), constant_values=255) if dy or dx else image
-
-
 def tissue_fraction(image: np.ndarray, corners: np.ndarray, patch: int) -> np.ndarray:
     """Share of non-glass pixels in each window: glass is near-white and unsaturated."""
     from cervrt.train.data import _window_sums
@@ -292,7 +288,7 @@ def pseudo_label(config: PseudoLabelConfig, progress: bool = True) -> dict[str, 
     candidates: list[Candidate] = []
     scored = 0
     for name in tqdm(labels, desc="pseudo-label", unit="slide", disable=not progress):
-        image = _pad_white(read_image(paths[name]), patch)
+        image = pad_to_patch(read_image(paths[name]), patch, 255)
         corners = _windows(image, patch, config)
         scored += len(corners)
         candidates += select_candidates(name, corners, scorer(image, corners, patch), labels[name], quotas, patch)
@@ -371,7 +367,7 @@ class PseudoPatchDataset(PatchDataset):
         paths = weak_images(weak_data, names)
         index = {name: i for i, name in enumerate(names)}
         for name in names:
-            image = _pad_white(read_image(paths[name]), patch)
+            image = pad_to_patch(read_image(paths[name]), patch, 255)
             self.images.append(image)
             self.masks.append(np.broadcast_to(np.uint8(_UNKNOWN_MASK), image.shape[:2]))
         outside = [r for r in records if r.y + patch > self.images[index[r.slide]].shape[0]

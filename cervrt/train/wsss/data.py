@@ -32,6 +32,7 @@ from cervrt.train.data import (
     extract_patches,
     list_regions,
     load_region,
+    pad_to_patch,
     read_image,
     read_mask,
     read_weak_labels,
@@ -118,20 +119,12 @@ def patch_labels(mask: np.ndarray, min_share: float) -> tuple[int, ...]:
     return tuple(c for c in range(1, NUM_CLASSES) if counts[c] >= need)
 
 
-def _pad(array: np.ndarray, patch: int, value: int) -> np.ndarray:
-    dy, dx = max(0, patch - array.shape[0]), max(0, patch - array.shape[1])
-    if not dy and not dx:
-        return array
-    widths = ((0, dy), (0, dx)) + ((0, 0),) * (array.ndim - 2)
-    return np.pad(array, widths, constant_values=value)
-
-
 def _from_masks(root: str, patch: int, stride: int, min_foreground: float, min_share: float) -> WeakSource:
     regions = list_regions(root)
     source = WeakSource(regions, [], [], [], patch)
     for index, region in enumerate(regions):
         image, mask = load_region(region)
-        image, mask = _pad(image, patch, 255), _pad(mask, patch, 0)
+        image, mask = pad_to_patch(image, patch, 255), pad_to_patch(mask, patch, 0)
         for p in extract_patches(mask, patch, stride, min_foreground):
             labels = patch_labels(mask[p.y : p.y + patch, p.x : p.x + patch], min_share)
             if labels:
@@ -150,14 +143,14 @@ def _from_csv(root: str, csv_path: str, patch: int, stride: int, min_tissue: flo
         raise CervrtError(f"{csv_path} lists {len(missing)} image(s) not in {root}/images, e.g. {missing[0]}")
     source = WeakSource(regions, [], [], [], patch)
     for index, region in enumerate(regions):
-        image = _pad(read_image(region.image_path), patch, 255)
+        image = pad_to_patch(read_image(region.image_path), patch, 255)
         tissue = ~glass.mask(image)
         for y in window_starts(image.shape[0], patch, stride):
             for x in window_starts(image.shape[1], patch, stride):
                 if tissue[y : y + patch, x : x + patch].mean() >= min_tissue:
                     source.samples.append(WeakSample(index, y, x, tuple(sorted(labels[region.name]))))
         source.images.append(image)
-        mask = None if region.mask_path is None else _pad(read_mask(region.mask_path), patch, 0)
+        mask = None if region.mask_path is None else pad_to_patch(read_mask(region.mask_path), patch, 0)
         source.masks.append(mask if mask is not None and mask.shape == image.shape[:2] else None)
     return source
 
