@@ -25,7 +25,7 @@ SLIDE_SIZE = 1024
 
 
 def _write_slide(directory: Path, seed: int) -> tuple[Path, np.ndarray]:
-    from cervrt.train.data import write_png
+    from cervrt.imageio import write_png
     from cervrt.train.synth import synthesize_region
 
     rgb, mask = synthesize_region(np.random.default_rng(seed), SLIDE_SIZE)

@@ -41,7 +41,7 @@ class SlideRun:
 
 def make_test_set(directory: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[SynthSlide]:
     """``count`` synthetic slides of ``size`` (height, width) as PNG files in ``directory``."""
-    from cervrt.train.data import write_png
+    from cervrt.imageio import write_png
     from cervrt.train.synth import synthesize_slide
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -33,62 +33,22 @@ from pathlib import Path
 
 import numpy as np
 
-from cervrt._cv import PIXEL_LIMIT, PIXEL_LIMIT_RAISED, cv2
+from cervrt._cv import cv2
 from cervrt._io import optional_import
 from cervrt.errors import CervrtError
+from cervrt.imageio import read_rgb, to_rgb
 
-__all__ = ["SUPPORTED_SUFFIXES", "ImageSlide", "OpenSlideSlide", "Slide", "TiffSlide", "decode_image", "open_slide",
-           "read_rgb"]
+__all__ = ["SUPPORTED_SUFFIXES", "ImageSlide", "OpenSlideSlide", "Slide", "TiffSlide", "open_slide"]
 
 _GLASS = 255
 _MPP_RANGE = (0.01, 100.0)  # plausible microns per pixel of a microscope image
 _TOLERANCE = 1e-3  # relative: a level within 0.1% of the target is at the target
 _BLOCK = 2048  # output pixels per side resampled at once (OpenCV's warp is limited to 32767)
 _BAND_BYTES = 64 << 20  # level bytes read at once when making a thumbnail
-_BAND_ROWS = 1024  # rows composited at once (bounds the float buffer)
 _COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif")
-_NOT_DECODED = "it is not an image file, or it is corrupt or truncated"
 
 
 # --- pixels ------------------------------------------------------------------------------------
-
-
-def _uint8(data: np.ndarray, source: Path) -> np.ndarray:
-    if not data.dtype.isnative:  # big-endian samples of a TIFF
-        data = data.astype(data.dtype.newbyteorder("="))
-    if data.dtype == np.uint8:
-        return data
-    if data.dtype == np.uint16:
-        return cv2.convertScaleAbs(data, alpha=255.0 / 65535.0)
-    if data.dtype == np.bool_:
-        return data.astype(np.uint8) * 255
-    raise CervrtError(f"{source} has {data.dtype} pixels: only 8- and 16-bit images are read, save it as 8-bit RGB")
-
-
-def _composite(data: np.ndarray, colour: list[int]) -> np.ndarray:
-    """Colour channels ``colour`` of ``data`` laid over white by its last (alpha) channel, in row bands."""
-    out = np.empty((*data.shape[:2], 3), np.uint8)
-    for r in range(0, data.shape[0], _BAND_ROWS):
-        band = data[r : r + _BAND_ROWS]
-        alpha = band[..., -1:].astype(np.float32) * np.float32(1 / 255)
-        out[r : r + _BAND_ROWS] = np.rint(band[..., colour] * alpha + _GLASS * (1 - alpha))
-    return out
-
-
-def _rgb(data: np.ndarray, source: Path, bgr: bool = False) -> np.ndarray:
-    """Any greyscale/colour, with or without alpha, 8/16-bit array as (H, W, 3) RGB uint8."""
-    data = _uint8(data, source)
-    if data.ndim == 3 and data.shape[2] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        return cv2.cvtColor(np.ascontiguousarray(data), cv2.COLOR_GRAY2RGB)
-    if data.ndim != 3 or data.shape[2] not in (2, 3, 4):
-        raise CervrtError(f"{source} has pixels of shape {data.shape[2:]}: expected greyscale, RGB or RGBA")
-    if data.shape[2] == 3:
-        data = np.ascontiguousarray(data)
-        return cv2.cvtColor(data, cv2.COLOR_BGR2RGB, dst=data) if bgr else data  # in place: no second copy
-    colour = [0, 0, 0] if data.shape[2] == 2 else ([2, 1, 0] if bgr else [0, 1, 2])
-    return _composite(data, colour)
 
 
 def _crop(image: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
@@ -167,31 +127,6 @@ class Slide(abc.ABC):
 
 
 # --- PNG / JPEG --------------------------------------------------------------------------------
-
-
-def decode_image(path: Path) -> np.ndarray:
-    """A PNG/JPEG file as OpenCV decodes it (BGR order, any depth and channels); CervrtError if it cannot."""
-    try:
-        raw = np.fromfile(path, np.uint8)
-    except OSError as exc:
-        raise CervrtError(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        data = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:  # OpenCV 5 raises, rather than returning None, for an image over its pixel limit
-        if "MAX_IMAGE" not in str(exc):
-            raise CervrtError(f"cannot decode {path}: {_NOT_DECODED}") from exc
-        late = "" if PIXEL_LIMIT_RAISED else " import cervrt before cv2, or"
-        raise CervrtError(f"{path} has more pixels than OpenCV's decode limit of {PIXEL_LIMIT}:{late} set "
-                          "OPENCV_IO_MAX_IMAGE_PIXELS higher before cv2 is first imported") from exc
-    if data is None:
-        raise CervrtError(f"cannot decode {path}: {_NOT_DECODED}")
-    return data
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """A PNG/JPEG file as (H, W, 3) RGB uint8, converted as the module docstring says (the training
-    data reader uses this too, so that training and inference see the same pixels)."""
-    return _rgb(decode_image(path), path, bgr=True)
 
 
 class ImageSlide(Slide):
@@ -363,7 +298,7 @@ class TiffSlide(_PyramidSlide):
             data = lut[data]
         elif self._photometric == 0:  # MinIsWhite
             data = np.iinfo(data.dtype).max - data if data.dtype.kind == "u" else ~data
-        return _rgb(data, self.path)
+        return to_rgb(data, self.path)
 
     def _close_file(self) -> None:
         if getattr(self, "_tif", None) is not None:
@@ -401,7 +336,7 @@ class OpenSlideSlide(_PyramidSlide):
             raise CervrtError(f"{self.path} is closed")
         d = self._downsamples[level]
         rgba = np.asarray(self._osr.read_region((round(x * d), round(y * d)), level, (w, h)))
-        return _rgb(rgba, self.path)
+        return to_rgb(rgba, self.path)
 
     def close(self) -> None:
         if getattr(self, "_osr", None) is not None:

@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from cervrt._cv import cv2
-from cervrt._io import atomic_path, optional_import
+from cervrt._io import optional_import
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD, MIN_FOREGROUND, NUM_CLASSES, PATCH_SIZE, PATCH_STRIDE
 from cervrt.errors import CervrtError
-from cervrt.runtime.slides import decode_image, read_rgb
+from cervrt.imageio import decode_image, read_rgb
 from cervrt.runtime.tiling import check_tiling, window_starts
 
 __all__ = [
@@ -46,7 +45,6 @@ __all__ = [
     "read_mask",
     "read_weak_labels",
     "split_regions",
-    "write_png",
 ]
 
 #: Image file types read from ``images/`` (masks are always PNG).
@@ -103,18 +101,9 @@ def _image_files(directory: Path) -> list[Path]:
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """An image file as RGB uint8 (H, W, 3), exactly as the runtime reads it
-    (``cervrt.runtime.slides.read_rgb``): greyscale is repeated, RGBA is laid on white glass, 16-bit
+    (``cervrt.imageio.read_rgb``): greyscale is repeated, RGBA is laid on white glass, 16-bit
     is scaled to 8 bits."""
     return read_rgb(Path(path))
-
-
-def write_png(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    """Write an RGB (H, W, 3) or greyscale (H, W) uint8 array as a PNG, atomically."""
-    path = Path(path)
-    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise CervrtError(f"cannot write {path}: check the disk space and permissions")
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:

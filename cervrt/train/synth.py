@@ -36,8 +36,8 @@ from tqdm import tqdm
 from cervrt._io import atomic_path, ensure_writable_dir, write_json
 from cervrt.constants import CLASS_NAMES, MTCHI_MPP
 from cervrt.errors import CervrtError
+from cervrt.imageio import write_png
 from cervrt.train._synth_tissue import ATYPIA_EXTENT, random_grades, random_stain, render, tissue
-from cervrt.train.data import write_png
 
 __all__ = ["ATYPIA_EXTENT", "GENERATOR", "synthesize_region", "synthesize_slide", "write_dataset"]
 

@@ -30,9 +30,10 @@ from cervrt._io import ensure_writable_dir, write_json
 from cervrt.checkpoint import file_sha256, load_checkpoint
 from cervrt.constants import NUM_CLASSES
 from cervrt.errors import CervrtError
+from cervrt.imageio import write_png
 from cervrt.metrics import MetricAccumulator
 from cervrt.models.wsss import CAM_LAYERS
-from cervrt.train.data import read_mask, write_png
+from cervrt.train.data import read_mask
 from cervrt.train.evaluate import to_model_input
 from cervrt.train.loop import resolve_device
 from cervrt.train.wsss.classify import classifier_from_checkpoint
