@@ -11,23 +11,17 @@ imported only when a file of its kind is opened.
 from __future__ import annotations
 
 from cervrt.engines.base import (
-    DEVICE_CHOICES,
-    Device,
     Engine,
     EngineOutput,
     engine_suffixes,
     open_engine,
-    parse_device,
     register_engine,
 )
 
 __all__ = [
-    "DEVICE_CHOICES",
-    "Device",
     "Engine",
     "EngineOutput",
     "engine_suffixes",
     "open_engine",
-    "parse_device",
     "register_engine",
 ]

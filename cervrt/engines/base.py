@@ -20,7 +20,6 @@ from __future__ import annotations
 import abc
 import importlib
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,53 +27,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from cervrt.devices import Device, parse_device
 from cervrt.errors import CervrtError
 
 __all__ = [
-    "DEVICE_CHOICES",
     "MIN_SIDE",
-    "Device",
     "Engine",
     "EngineOutput",
     "engine_suffixes",
     "open_engine",
-    "parse_device",
     "register_engine",
 ]
 
-#: What ``device=`` accepts.
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 #: Smallest patch side the encoders accept (they down-sample by 32).
 MIN_SIDE = 32
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
-
-
-@dataclass(frozen=True)
-class Device:
-    """A parsed ``device=`` string: kind ``auto`` / ``cpu`` / ``cuda`` and, for cuda, an optional ordinal."""
-
-    kind: str
-    index: int | None = None
-
-    @property
-    def ordinal(self) -> int:
-        """The CUDA device ordinal (0 unless ``cuda:N`` said otherwise)."""
-        return self.index or 0
-
-    def __str__(self) -> str:
-        return self.kind if self.index is None else f"{self.kind}:{self.index}"
-
-
-def parse_device(device: str | Device) -> Device:
-    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> Device; CervrtError listing the valid forms."""
-    if isinstance(device, Device):
-        return device
-    text = device.strip().lower() if isinstance(device, str) else ""
-    found = _DEVICE_PATTERN.match(text)
-    if not found or (found.group(2) is not None and found.group(1) != "cuda"):
-        raise CervrtError(f"unknown device {device!r}: use one of {', '.join(DEVICE_CHOICES)} (N = 0, 1, ...)")
-    index = found.group(2)
-    return Device(found.group(1), None if index is None else int(index))
 
 
 @dataclass(frozen=True)
@@ -99,6 +65,8 @@ class Engine(abc.ABC):
     """
 
     kind: ClassVar[str] = ""
+    #: Whether the engine takes and returns device (GPU) buffers as well as numpy arrays (TensorRT does).
+    supports_device_io: ClassVar[bool] = False
     #: Whether the engine needs square inputs of exactly ``patch_size`` (TensorRT's profile does).
     fixed_size: ClassVar[bool] = False
 

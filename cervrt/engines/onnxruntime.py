@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from cervrt.devices import Device, parse_device
 from cervrt.engines._cuda import cuda_device_count
-from cervrt.engines.base import Device, Engine, EngineOutput, parse_device
+from cervrt.engines.base import Engine, EngineOutput
 from cervrt.errors import CervrtError
 from cervrt.export.metadata import read_metadata
 

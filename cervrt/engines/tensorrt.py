@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from cervrt._io import optional_import
-from cervrt.engines.base import Device, Engine, EngineOutput, parse_device
+from cervrt.devices import Device, parse_device
+from cervrt.engines.base import Engine, EngineOutput
 from cervrt.errors import CervrtError
 from cervrt.export.metadata import read_plan_metadata
 from cervrt.export.tensorrt_build import probe_gpu
@@ -121,6 +122,7 @@ class TensorRTEngine(Engine):
 
     kind = "tensorrt"
     fixed_size = True
+    supports_device_io = True
     thread_safe = False
 
     def __init__(self, path: str | Path, device: str | Device = "auto", batch_size: int | None = None) -> None:

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from cervrt._io import optional_import
-from cervrt.engines.base import Device, Engine, EngineOutput, parse_device
+from cervrt.devices import Device, parse_device
+from cervrt.engines.base import Engine, EngineOutput
 from cervrt.errors import CervrtError
 
 __all__ = ["TorchEngine", "checkpoint_metadata"]

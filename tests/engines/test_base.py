@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from cervrt.engines import Device, Engine, EngineOutput, engine_suffixes, open_engine, parse_device, register_engine
+from cervrt.devices import Device, parse_device
+from cervrt.engines import Engine, EngineOutput, engine_suffixes, open_engine, register_engine
 from cervrt.engines import base as engine_base
 from cervrt.errors import CervrtError
 

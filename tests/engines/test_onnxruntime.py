@@ -10,9 +10,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from cervrt.devices import Device
 from cervrt.engines import onnxruntime as ort_engine
 from cervrt.engines import open_engine
-from cervrt.engines.base import Device
 from cervrt.engines.onnxruntime import CPU_PROVIDER, CUDA_PROVIDER, OnnxRuntimeEngine, choose_providers
 from cervrt.errors import CervrtError
 from tests.engines.conftest import ONNX_META, save_graph
