@@ -35,7 +35,7 @@ GLASS = 243
 
 
 def _tissue(size: int) -> np.ndarray:
-    from cervrt.train.synth import synthesize_region
+    from cervrt.synth import synthesize_region
 
     rgb, _ = synthesize_region(np.random.default_rng(0), size)
     return rgb
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="write the slide and outputs here, and keep them")
     args = parser.parse_args()
-    from cervrt.export.metadata import read_metadata
+    from cervrt.artifact import read_metadata
 
     metadata = read_metadata(args.engine)
     with tempfile.TemporaryDirectory(prefix="cervrt-infer-memory-") as tmp:

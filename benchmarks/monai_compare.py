@@ -19,7 +19,7 @@ its peak resident memory (VmHWM, reset after set-up, so it covers the call) is i
 MONAI holds whole-image float32 buffers: the normalised input (3 planes), the output sum
 (5 planes) and the weight map (1 plane) -- 36 bytes per pixel, 2.4 GB at 8192^2; cervrt holds the
 uint8 image and labels and (classes + 1) x (patch + stride) float32 rows. The image is a 2048^2
-synthetic slide (``cervrt.train.synth.synthesize_slide``) tiled to the size asked for.
+synthetic slide (``cervrt.synth.synthesize_slide``) tiled to the size asked for.
 Label agreement is counted over all pixels against ``monai-torch``; the two sides' gaussian windows
 differ slightly (MONAI centres an even patch at P/2, cervrt at (P-1)/2), so a few near-tied pixels
 may differ.
@@ -107,7 +107,7 @@ def _save_model(workdir: Path, patch: int) -> None:
     import onnx
     import torch
 
-    from cervrt.export.metadata import attach_metadata
+    from cervrt.artifact import attach_metadata
     from cervrt.export.onnx_export import check_graph, trace_to_onnx
 
     net = _network()
@@ -124,7 +124,7 @@ def _save_model(workdir: Path, patch: int) -> None:
 
 
 def _image(size: int) -> np.ndarray:
-    from cervrt.train.synth import synthesize_slide
+    from cervrt.synth import synthesize_slide
 
     tile, _ = synthesize_slide(np.random.default_rng(0), (_TILE, _TILE))
     reps = -(-size // _TILE)

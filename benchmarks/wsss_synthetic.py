@@ -25,9 +25,9 @@ import torch
 
 from cervrt.checkpoint import load_checkpoint, model_from_checkpoint
 from cervrt.runtime.tiling import BlendMode
+from cervrt.synth import write_dataset
 from cervrt.train.data import list_regions, load_region
 from cervrt.train.evaluate import SlidingWindow, evaluate_regions
-from cervrt.train.synth import write_dataset
 from cervrt.train.wsss import (
     ClassifierConfig,
     PseudoMaskConfig,

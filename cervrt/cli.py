@@ -69,7 +69,7 @@ def synth(out: str, regions: int, size: int, weak_regions: int, seed: int) -> No
     Regions show stroma, glass and squamous epithelium graded normal, CIN 1, CIN 2 or CIN 3 by
     how far crowded, enlarged, dark atypical nuclei reach up from the basement membrane.
     """
-    from cervrt.train.synth import write_dataset
+    from cervrt.synth import write_dataset
 
     summary = write_dataset(out, regions=regions, size=size, seed=seed, weak_regions=weak_regions)
     click.echo(_dump(summary))

@@ -83,9 +83,9 @@ def run_demo(out: str | os.PathLike[str], minutes: float = 2.0, seed: int = 0,
              echo: Callable[[str], None] = print) -> dict:
     """Run synth -> train -> evaluate under ``out``; returns the summary also written to ``out/demo.json``."""
     from cervrt.demo_infer import demo_inference
+    from cervrt.synth import write_dataset
     from cervrt.train.evaluate import evaluate_checkpoint
     from cervrt.train.loop import TrainConfig, train
-    from cervrt.train.synth import write_dataset
 
     s = DEMO_SETTINGS
     root = ensure_writable_dir(out)

@@ -26,7 +26,7 @@ SLIDE_SIZE = 1024
 
 def _write_slide(directory: Path, seed: int) -> tuple[Path, np.ndarray]:
     from cervrt.imageio import write_png
-    from cervrt.train.synth import synthesize_region
+    from cervrt.synth import synthesize_region
 
     rgb, mask = synthesize_region(np.random.default_rng(seed), SLIDE_SIZE)
     directory.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def demo_inference(model: str | Path, root: Path, seed: int = 0, stride: int | N
     ``stride`` defaults to the model's patch (no overlap: ``cervrt infer``'s default of a quarter patch
     runs 16 times as many patches, minutes on a laptop CPU).
     """
-    from cervrt.export.metadata import read_metadata
+    from cervrt.artifact import read_metadata
     from cervrt.runtime.infer import InferOptions, infer_slides
 
     slide, truth = _write_slide(root / "slide", seed)

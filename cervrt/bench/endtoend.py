@@ -1,6 +1,6 @@
 """The end-to-end part of a benchmark: synthetic slides with ground truth, run through the Predictor.
 
-``make_test_set`` writes ``count`` synthetic slides (``cervrt.train.synth.synthesize_slide``: tissue
+``make_test_set`` writes ``count`` synthetic slides (``cervrt.synth.synthesize_slide``: tissue
 pieces on glass, classes 0..4) as PNG files and keeps their masks. ``run_slides`` streams every
 slide through ``Predictor.predict_slide`` (mask, overlay and report written as ``cervrt infer``
 does), sums the seconds of its stages (read, tissue, preprocess, engine, fuse, write) over the set,
@@ -42,7 +42,7 @@ class SlideRun:
 def make_test_set(directory: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[SynthSlide]:
     """``count`` synthetic slides of ``size`` (height, width) as PNG files in ``directory``."""
     from cervrt.imageio import write_png
-    from cervrt.train.synth import synthesize_slide
+    from cervrt.synth import synthesize_slide
 
     directory.mkdir(parents=True, exist_ok=True)
     slides = []

@@ -4,7 +4,7 @@ Two inputs, both made here from a fixed seed so that every export is checked the
 
 - ``random``: standard-normal values, batch 2, at the patch size by the patch size + 32 (a batch
   above 1 and a non-square size exercise the dynamic axes);
-- ``tissue``: one synthetic H&E region (``cervrt.train.synth.synthesize_region``) at the patch size,
+- ``tissue``: one synthetic H&E region (``cervrt.synth.synthesize_region``) at the patch size,
   or 256 px for smaller patches so that the agreement counts at least 65,536 pixels (one pixel is
   then 0.0015%, far below the FP16 tolerance of 0.1%), normalised with the checkpoint's mean/std
   exactly as the runtime will.
@@ -81,7 +81,7 @@ class ParityCheck:
 
 def make_samples(patch_size: int, mean: Sequence[float], std: Sequence[float], seed: int = 0) -> list[Sample]:
     """The ``random`` and ``tissue`` inputs for a model with this patch size and normalisation."""
-    from cervrt.train.synth import synthesize_region
+    from cervrt.synth import synthesize_region
 
     rng = np.random.default_rng(seed)
     random = rng.standard_normal((2, 3, patch_size, patch_size + 32), dtype=np.float32)

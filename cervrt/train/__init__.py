@@ -1,6 +1,6 @@
-"""The training sub-package: datasets and patching, synthetic data, losses, the loop, evaluation.
+"""The training sub-package: datasets and patching, losses, the loop, evaluation.
 
-Everything here except :mod:`cervrt.train.synth` and the MTCHI reader needs torch (``pip install
+Everything here except the MTCHI reader needs torch (``pip install
 "cervrt[train]"``); the runtime never imports this package.
 """
 

@@ -9,9 +9,9 @@ import torch
 
 from cervrt.checkpoint import load_checkpoint
 from cervrt.errors import CervrtError
+from cervrt.synth import write_dataset
 from cervrt.train.evaluate import evaluate_checkpoint
 from cervrt.train.loop import TrainConfig, train
-from cervrt.train.synth import write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from torch import nn
 from cervrt.checkpoint import load_checkpoint
 from cervrt.errors import CervrtError
 from cervrt.models import create_model
+from cervrt.synth import write_dataset
 from cervrt.train.loop import TrainConfig, train
 from cervrt.train.pseudo_label import PseudoLabelConfig, pseudo_label, read_pseudo_labels
 from cervrt.train.stages import (
@@ -23,7 +24,6 @@ from cervrt.train.stages import (
     stage_out,
     train_mode,
 )
-from cervrt.train.synth import write_dataset
 
 
 def test_plan_stages():

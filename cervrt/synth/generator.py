@@ -17,7 +17,7 @@ its own stain vectors and intensities, so colour alone never tells the grade: th
 height they reach do. Masks follow MTCHI: epithelium carries its grade, stroma and glass are 0.
 
 Pixels are rendered by Beer-Lambert from hematoxylin and eosin concentration maps (the drawing
-lives in :mod:`cervrt.train._synth_tissue`). Lengths are in pixels at MTCHI's 0.904 um/px; regions
+lives in :mod:`cervrt.synth._tissue`). Lengths are in pixels at MTCHI's 0.904 um/px; regions
 under 400 px on a side get a proportionally thinner band so that they still show glass,
 epithelium and stroma. numpy and OpenCV only: this module never imports torch.
 """
@@ -37,12 +37,13 @@ from cervrt._io import atomic_path, ensure_writable_dir, write_json
 from cervrt.constants import CLASS_NAMES, MTCHI_MPP
 from cervrt.errors import CervrtError
 from cervrt.imageio import write_png
-from cervrt.train._synth_tissue import ATYPIA_EXTENT, random_grades, random_stain, render, tissue
+from cervrt.synth._tissue import ATYPIA_EXTENT, random_grades, random_stain, render, tissue
 
 __all__ = ["ATYPIA_EXTENT", "GENERATOR", "synthesize_region", "synthesize_slide", "write_dataset"]
 
 #: The ``generator`` entry of ``dataset.json``; a directory holding it may be overwritten.
-GENERATOR = "cervrt.train.synth"
+GENERATOR = "cervrt.synth"
+_LEGACY_GENERATOR = "cervrt.train.synth"  # what datasets written before the move carry
 
 _MIN_REGION = 64
 _MIN_SLIDE = 256
@@ -115,7 +116,7 @@ def _check_out_dir(out_dir: Path) -> None:
         previous = json.loads(marker.read_text())
     except (OSError, ValueError):
         previous = None
-    if not isinstance(previous, dict) or previous.get("generator") != GENERATOR:
+    if not isinstance(previous, dict) or previous.get("generator") not in (GENERATOR, _LEGACY_GENERATOR):
         raise CervrtError(f"{out_dir} is not empty and holds no synthetic dataset: choose an empty or new directory")
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+import cervrt.synth as cervrt_synth
 from cervrt.constants import MTCHI_MPP
 from cervrt.errors import CervrtError
+from cervrt.synth import GENERATOR, synthesize_region, synthesize_slide, write_dataset
 from cervrt.train.data import read_weak_labels
-from cervrt.train.synth import GENERATOR, synthesize_region, synthesize_slide, write_dataset
 
 
 def _region(seed: int, size=128, grades=None):
@@ -239,3 +242,18 @@ def test_write_dataset_rejects_bad_arguments(tmp_path, kwargs, word):
     with pytest.raises(CervrtError, match=word):
         write_dataset(tmp_path / "out", progress=False, **args)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_written_before_the_move_to_cervrt_synth_may_be_overwritten(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps({"generator": "cervrt.train.synth"}))
+    write_dataset(tmp_path, regions=1, size=64, seed=0, progress=False)
+    assert json.loads((tmp_path / "dataset.json").read_text())["generator"] == GENERATOR == "cervrt.synth"
+
+
+def test_the_generator_and_the_image_io_never_import_torch():
+    code = ("import sys, cervrt.synth, cervrt.imageio\n"
+            "cervrt.synth.synthesize_region(__import__('numpy').random.default_rng(0), 64)\n"
+            "sys.exit('torch' in sys.modules)")
+    root = str(Path(cervrt_synth.__file__).parents[2])
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0

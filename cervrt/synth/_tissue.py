@@ -1,4 +1,4 @@
-"""The drawing behind :mod:`cervrt.train.synth`: stain, band geometry, nuclei by grade, stroma.
+"""The drawing behind :mod:`cervrt.synth`: stain, band geometry, nuclei by grade, stroma.
 
 Everything is in pixels at MTCHI's 0.904 um/px and works on hematoxylin / eosin concentration maps
 that :func:`render` turns into RGB by Beer-Lambert. Private to the synth module: no checks here.
