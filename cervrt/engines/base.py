@@ -10,9 +10,12 @@ palette, mean/std, mpp, patch size, precision) and reports what actually runs (`
 CervrtError naming what was expected and what came; the private ``_run`` of each backend does the
 work. Engines are context managers: ``close()`` frees device memory, streams and sessions.
 
-``open_engine(path, device, batch_size)`` picks the backend by the file's suffix from a registry
-(``register_engine`` adds one); backends are imported only when a file of theirs is opened, so that
-opening an ``.onnx`` never imports torch or tensorrt.
+``open_engine(path, device, batch_size, backend=None)`` picks the engine from a registry keyed by
+(format, backend): the file's suffix names the format (``onnx``, ``plan``, ``pt``), ``backend`` one of
+the format's backends (``onnxruntime`` for ONNX by default; ``register_backend`` adds another, e.g.
+OpenVINO, with the device kinds it takes); ``register_engine(suffix, factory)`` plugs in a
+third-party engine for a suffix. Backends are imported only when a file of theirs is opened, so
+that opening an ``.onnx`` never imports torch or tensorrt.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ __all__ = [
     "MIN_SIDE",
     "Engine",
     "EngineOutput",
+    "engine_backends",
     "engine_suffixes",
     "open_engine",
+    "register_backend",
     "register_engine",
 ]
 
@@ -200,29 +205,71 @@ class Engine(abc.ABC):
 
 #: ``factory(path, device, batch_size) -> Engine``.
 EngineFactory = Callable[..., Engine]
-#: suffix -> factory, or "module:attribute" imported when a file of that suffix is opened.
-_REGISTRY: dict[str, EngineFactory | str] = {
-    ".onnx": "cervrt.engines.onnxruntime:OnnxRuntimeEngine",
-    ".plan": "cervrt.engines.tensorrt:TensorRTEngine",
-    ".pt": "cervrt.engines.torch:TorchEngine",
-    ".pth": "cervrt.engines.torch:TorchEngine",
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """One way to run a format: the factory (or ``"module:attribute"``) and the extra device kinds it takes."""
+
+    factory: EngineFactory | str
+    device_kinds: tuple[str, ...] = ()
+
+
+#: model file suffix -> format name.
+_FORMATS: dict[str, str] = {".onnx": "onnx", ".plan": "plan", ".pt": "pt", ".pth": "pt"}
+#: format -> backend name -> backend; the first backend of a format is its default.
+_BACKENDS: dict[str, dict[str, _Backend]] = {
+    "onnx": {"onnxruntime": _Backend("cervrt.engines.onnxruntime:OnnxRuntimeEngine")},
+    "plan": {"tensorrt": _Backend("cervrt.engines.tensorrt:TensorRTEngine")},
+    "pt": {"torch": _Backend("cervrt.engines.torch:TorchEngine")},
 }
+#: suffix -> factory registered by ``register_engine``; it opens files of that suffix unless a backend is named.
+_REGISTRY: dict[str, EngineFactory | str] = {}
+
+
+def _check_suffix(suffix: object) -> str:
+    if not isinstance(suffix, str) or not suffix.startswith(".") or len(suffix) < 2:
+        raise CervrtError(f"an engine suffix starts with a dot, like '.onnx', got {suffix!r}")
+    return suffix.lower()
 
 
 def register_engine(suffix: str, factory: EngineFactory | str) -> None:
-    """Open files ending in ``suffix`` with ``factory(path, device, batch_size)`` (or a ``"module:attr"``)."""
-    if not suffix.startswith(".") or len(suffix) < 2:
-        raise CervrtError(f"an engine suffix starts with a dot, like '.onnx', got {suffix!r}")
-    _REGISTRY[suffix.lower()] = factory
+    """Open files ending in ``suffix`` with ``factory(path, device, batch_size)`` (or a ``"module:attr"``).
+
+    The factory takes precedence over the suffix's built-in backends unless ``open_engine`` is given a
+    ``backend=``. Use ``register_backend`` to add a second way of running an existing format.
+    """
+    _REGISTRY[_check_suffix(suffix)] = factory
+
+
+def register_backend(fmt: str, backend: str, factory: EngineFactory | str, *, suffixes: tuple[str, ...] = (),
+                     device_kinds: tuple[str, ...] = (), default: bool = False) -> None:
+    """Run format ``fmt`` with ``backend`` (e.g. ``"onnx"``, ``"openvino"``); ``suffixes`` map new files to ``fmt``.
+
+    ``device_kinds``: device kinds the backend takes beyond auto/cpu/cuda (e.g. ``("gpu", "npu")``).
+    ``default``: make it the format's default backend (else the first registered stays the default).
+    """
+    checked = tuple(_check_suffix(suffix) for suffix in suffixes)
+    if not fmt or not backend:
+        raise CervrtError(f"a backend needs a format and a name, got format {fmt!r} and backend {backend!r}")
+    entry = _Backend(factory, tuple(kind.lower() for kind in device_kinds))
+    backends = {k: v for k, v in _BACKENDS.get(fmt, {}).items() if k != backend}
+    _BACKENDS[fmt] = {backend: entry, **backends} if default else {**backends, backend: entry}
+    for suffix in checked:
+        _FORMATS[suffix] = fmt
 
 
 def engine_suffixes() -> tuple[str, ...]:
     """The registered model suffixes."""
-    return tuple(sorted(_REGISTRY))
+    return tuple(sorted(set(_FORMATS) | set(_REGISTRY)))
 
 
-def _factory(suffix: str) -> EngineFactory:
-    entry = _REGISTRY[suffix]
+def engine_backends(fmt: str) -> tuple[str, ...]:
+    """The backends that run format ``fmt``, the default first (empty for an unknown format)."""
+    return tuple(_BACKENDS.get(fmt, {}))
+
+
+def _load(entry: EngineFactory | str) -> EngineFactory:
     if isinstance(entry, str):
         module, _, attribute = entry.partition(":")
         return getattr(importlib.import_module(module), attribute)
@@ -237,24 +284,44 @@ def _check_batch_size(batch_size: object) -> int | None:
     return int(batch_size)
 
 
-def open_engine(path: str | os.PathLike[str], device: str | Device = "auto", batch_size: int | None = None) -> Engine:
-    """Open a model for inference: ``.onnx`` (ONNX Runtime), ``.plan`` (TensorRT), ``.pt``/``.pth`` (torch).
-
-    ``device``: ``auto`` (a GPU when one works, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-    ``batch_size``: the largest batch the caller will send (TensorRT sizes its buffers by it and
-    refuses one above its profile); None for the backend's default.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _REGISTRY:
-        raise CervrtError(f"{path}: unknown model type {path.suffix or '(no suffix)'!r}; cervrt opens "
-                          f"{', '.join(engine_suffixes())}")
-    parsed = parse_device(device)
-    batch_size = _check_batch_size(batch_size)
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise CervrtError(f"{path} does not exist")
     if not path.is_file():
         raise CervrtError(f"{path} is not a file")
     if path.stat().st_size == 0:
         raise CervrtError(f"{path} is empty")
-    return _factory(suffix)(path, parsed, batch_size)
+
+
+def _choose(path: Path, backend: str | None) -> tuple[EngineFactory | str, tuple[str, ...]]:
+    """The factory for ``path`` (and ``backend``) and its extra device kinds; CervrtError listing the valid ones."""
+    suffix = path.suffix.lower()
+    if backend is None and suffix in _REGISTRY:
+        return _REGISTRY[suffix], ()
+    fmt = _FORMATS.get(suffix)
+    if fmt is None:
+        raise CervrtError(f"{path}: unknown model type {path.suffix or '(no suffix)'!r}; cervrt opens "
+                          f"{', '.join(engine_suffixes())}")
+    backends = _BACKENDS.get(fmt, {})
+    name = backend if backend is not None else next(iter(backends), None)
+    if name not in backends:
+        valid = ", ".join(backends) or "none registered"
+        raise CervrtError(f"unknown backend {backend!r} for {fmt} models ({path.name}): use one of {valid}")
+    return backends[name].factory, backends[name].device_kinds
+
+
+def open_engine(path: str | os.PathLike[str], device: str | Device = "auto", batch_size: int | None = None, *,
+                backend: str | None = None) -> Engine:
+    """Open a model for inference: ``.onnx`` (ONNX Runtime), ``.plan`` (TensorRT), ``.pt``/``.pth`` (torch).
+
+    ``device``: ``auto`` (a GPU when one works, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``, or a
+    kind the backend declares. ``batch_size``: the largest batch the caller will send (TensorRT sizes
+    its buffers by it and refuses one above its profile); None for the backend's default.
+    ``backend``: which backend runs the file's format (``engine_backends("onnx")``); None for the default.
+    """
+    path = Path(path)
+    factory, device_kinds = _choose(path, backend)
+    parsed = parse_device(device, device_kinds)
+    batch_size = _check_batch_size(batch_size)
+    _check_file(path)
+    return _load(factory)(path, parsed, batch_size)

@@ -1,4 +1,4 @@
-"""The engine protocol: device strings, the suffix registry, the batch checks of Engine.run, lifetime."""
+"""The engine protocol: the (format, backend) registry, the batch checks of Engine.run, lifetime."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ import sys
 import numpy as np
 import pytest
 
-from cervrt.devices import Device, parse_device
-from cervrt.engines import Engine, EngineOutput, engine_suffixes, open_engine, register_engine
+from cervrt.devices import Device
+from cervrt.engines import (
+    Engine,
+    EngineOutput,
+    engine_backends,
+    engine_suffixes,
+    open_engine,
+    register_backend,
+    register_engine,
+)
 from cervrt.engines import base as engine_base
 from cervrt.errors import CervrtError
 
@@ -39,25 +47,6 @@ class DummyEngine(Engine):
 
     def _close(self):
         self.closed_count += 1
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("auto", Device("auto")), ("cpu", Device("cpu")), ("cuda", Device("cuda")), ("cuda:1", Device("cuda", 1)),
-    (" CUDA:0 ", Device("cuda", 0)),
-])
-def test_parse_device_accepts_the_documented_forms(text, expected):
-    assert parse_device(text) == expected
-    assert parse_device(expected) is expected
-
-
-@pytest.mark.parametrize("text", ["gpu7", "cuda:", "cuda:x", "cpu:0", "auto:1", "", "tpu", 3, None])
-def test_parse_device_refuses_anything_else_listing_the_valid_forms(text):
-    with pytest.raises(CervrtError, match=r"unknown device .*use one of auto, cpu, cuda, cuda:N"):
-        parse_device(text)
-
-
-def test_device_string_and_ordinal():
-    assert (str(Device("cuda", 2)), Device("cuda", 2).ordinal, Device("cuda").ordinal) == ("cuda:2", 2, 0)
 
 
 def test_open_engine_refuses_unknown_suffixes_listing_the_valid_ones(tmp_path):
@@ -175,3 +164,45 @@ def test_importing_the_engines_imports_no_backend():
             "if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """The engine registry as shipped, restored after the test."""
+    monkeypatch.setattr(engine_base, "_REGISTRY", dict(engine_base._REGISTRY))
+    monkeypatch.setattr(engine_base, "_FORMATS", dict(engine_base._FORMATS))
+    monkeypatch.setattr(engine_base, "_BACKENDS", {k: dict(v) for k, v in engine_base._BACKENDS.items()})
+
+
+def test_each_format_has_its_default_backend():
+    assert (engine_backends("onnx"), engine_backends("plan"), engine_backends("pt")) == (
+        ("onnxruntime",), ("tensorrt",), ("torch",))
+    assert engine_backends("h5") == ()
+
+
+def test_open_engine_refuses_an_unknown_backend_listing_the_valid_ones(tiny_onnx):
+    with pytest.raises(CervrtError, match=r"unknown backend 'openvino' for onnx models .*use one of onnxruntime$"):
+        open_engine(tiny_onnx, backend="openvino")
+
+
+def test_register_backend_adds_a_second_backend_with_its_own_device_kinds(tiny_onnx, fresh_registry):
+    calls = []
+    register_backend("onnx", "openvino", lambda path, device, batch_size: calls.append(device) or DummyEngine(),
+                     device_kinds=("npu",))
+    assert engine_backends("onnx") == ("onnxruntime", "openvino")
+    assert isinstance(open_engine(tiny_onnx, "npu:1", backend="openvino"), DummyEngine)
+    assert calls == [Device("npu", 1)]
+    with pytest.raises(CervrtError, match=r"unknown device 'npu'.*use one of auto, cpu, cuda, cuda:N \("):
+        open_engine(tiny_onnx, "npu")  # the default backend (ONNX Runtime) takes no NPU
+    register_backend("onnx", "openvino", DummyEngine, suffixes=(".xml",), default=True)
+    assert engine_backends("onnx") == ("openvino", "onnxruntime") and ".xml" in engine_suffixes()
+    assert isinstance(open_engine(tiny_onnx, "cpu"), DummyEngine)
+    with pytest.raises(CervrtError, match="starts with a dot"):
+        register_backend("onnx", "x", DummyEngine, suffixes=("xml",))
+
+
+def test_a_registered_engine_yields_to_a_named_backend(tiny_onnx, fresh_registry):
+    register_engine(".onnx", DummyEngine)
+    assert isinstance(open_engine(tiny_onnx, "cpu"), DummyEngine)
+    with open_engine(tiny_onnx, "cpu", backend="onnxruntime") as engine:
+        assert engine.kind == "onnxruntime"
