@@ -232,7 +232,7 @@ def _write_pictures(predictor: Any, slide: Any, picture: np.ndarray, thumbnail: 
 def run_slide(predictor: Any, path: str | Path, out_dir: str | Path, fmt: str = "png", geojson: bool = False,
               name: str | None = None, progress: Progress | None = None) -> SlideResult:
     """Segment the slide at ``path`` with ``predictor`` and write its outputs into ``out_dir``."""
-    from cervrt.runtime.slides import open_slide
+    from cervrt.runtime.readers import open_slide
 
     start = time.perf_counter()
     out = ensure_writable_dir(out_dir)

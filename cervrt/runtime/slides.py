@@ -1,6 +1,7 @@
 """Slide readers: any supported image, read at the model's processing resolution.
 
-:func:`open_slide` picks a reader by the file's suffix (see :data:`SUPPORTED_SUFFIXES`):
+:func:`cervrt.runtime.readers.open_slide` picks a reader from its registry; the built-in ones claim
+files by suffix:
 
 - ``.png``, ``.jpg``, ``.jpeg``: OpenCV, read whole (such images fit in memory), also beyond OpenCV's
   default 2^30-pixel limit (see :mod:`cervrt._cv`). A PNG or JPEG carries no trustworthy resolution, so
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import abc
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +38,15 @@ from cervrt._io import optional_import
 from cervrt.errors import CervrtError
 from cervrt.imageio import read_rgb, to_rgb
 
-__all__ = ["SUPPORTED_SUFFIXES", "ImageSlide", "OpenSlideSlide", "Slide", "TiffSlide", "open_slide"]
+__all__ = ["COMPOUND_SUFFIXES", "ImageSlide", "OpenSlideSlide", "Slide", "TiffSlide"]
 
 _GLASS = 255
 _MPP_RANGE = (0.01, 100.0)  # plausible microns per pixel of a microscope image
 _TOLERANCE = 1e-3  # relative: a level within 0.1% of the target is at the target
 _BLOCK = 2048  # output pixels per side resampled at once (OpenCV's warp is limited to 32767)
 _BAND_BYTES = 64 << 20  # level bytes read at once when making a thumbnail
-_COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif")
+#: Suffixes of two parts (a slide named ``a.ome.tif`` is called ``a``).
+COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif")
 
 
 # --- pixels ------------------------------------------------------------------------------------
@@ -344,61 +345,7 @@ class OpenSlideSlide(_PyramidSlide):
             self._osr = None
 
 
-# --- registry ----------------------------------------------------------------------------------
-
-_READERS: dict[str, type[Slide]] = {
-    ".png": ImageSlide,
-    ".jpg": ImageSlide,
-    ".jpeg": ImageSlide,
-    ".tif": TiffSlide,
-    ".tiff": TiffSlide,
-    ".ome.tif": TiffSlide,
-    ".ome.tiff": TiffSlide,
-    **dict.fromkeys((".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide"), OpenSlideSlide),
-}
-
-#: File suffixes :func:`open_slide` reads (case-insensitive).
-SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_READERS)
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return next((s for s in _COMPOUND_SUFFIXES if name.endswith(s)), path.suffix.lower())
-
-
 def _stem(path: Path) -> str:
-    suffix = _suffix(path)
-    return path.name[: -len(suffix)] if suffix in _READERS and len(path.name) > len(suffix) else path.stem
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise CervrtError(f"{path} does not exist")
-    if path.is_dir():
-        raise CervrtError(f"{path} is a directory: give the slide file")
-    if path.stat().st_size == 0:
-        raise CervrtError(f"{path} is empty")
-
-
-def _check_mpp(value: float, what: str) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise CervrtError(f"{what} must be a positive number of microns per pixel, got {value!r}")
-    return float(value)
-
-
-def open_slide(path: str | os.PathLike[str], target_mpp: float, mpp: float | None = None) -> Slide:
-    """Open ``path`` for reading at ``target_mpp`` (the model's microns per pixel).
-
-    ``mpp`` (microns per pixel of the file's full resolution) overrides what the file says; a PNG or
-    JPEG without it is taken to be at ``target_mpp``. Raises CervrtError for a missing, empty,
-    corrupt, truncated or unsupported file.
-    """
-    path = Path(path)
-    target_mpp = _check_mpp(target_mpp, "target_mpp")
-    mpp = None if mpp is None else _check_mpp(mpp, "mpp")
-    _check_file(path)
-    reader = _READERS.get(_suffix(path))
-    if reader is None:
-        raise CervrtError(f"{path} has an unsupported suffix {path.suffix or '(none)'}: "
-                          f"supported are {', '.join(SUPPORTED_SUFFIXES)}")
-    return reader(path, target_mpp, mpp)
+    name = path.name.lower()
+    suffix = next((s for s in COMPOUND_SUFFIXES if name.endswith(s)), "")
+    return path.name[: -len(suffix)] if suffix and len(path.name) > len(suffix) else path.stem

@@ -14,7 +14,9 @@ import tifffile.zarr as tiffzarr
 
 from cervrt._cv import cv2
 from cervrt.errors import CervrtError
-from cervrt.runtime.slides import ImageSlide, OpenSlideSlide, TiffSlide, open_slide
+from cervrt.runtime import readers
+from cervrt.runtime.readers import open_slide, reader_names, register_reader
+from cervrt.runtime.slides import ImageSlide, OpenSlideSlide, TiffSlide
 
 
 def _rng_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -147,7 +149,7 @@ def test_opencv_reads_the_limit_we_pass_at_import(tmp_path):
     refused and a 5x5 one read, so the value set in the environment is the one OpenCV enforces."""
     _png(tmp_path / "big.png", _rng_image(20, 20))
     _png(tmp_path / "small.png", _rng_image(5, 5))
-    code = ("from cervrt.runtime.slides import open_slide; from cervrt.errors import CervrtError\n"
+    code = ("from cervrt.runtime.readers import open_slide; from cervrt.errors import CervrtError\n"
             f"print(open_slide({str(tmp_path / 'small.png')!r}, 0.9).width)\n"
             f"try:\n    open_slide({str(tmp_path / 'big.png')!r}, 0.9)\n"
             "except CervrtError as e:\n    print('refused', 'limit of 100' in str(e))")
@@ -362,3 +364,37 @@ def test_bad_resolution_is_refused(tmp_path, target, mpp):
 def test_bad_read_size_is_refused(tmp_path):
     with open_slide(_png(tmp_path / "a.png", _rng_image(4, 4)), 0.9) as slide, pytest.raises(CervrtError):
         slide.read(0, 0, 0, 4)
+
+
+# --- the reader registry -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_readers(monkeypatch):
+    monkeypatch.setattr(readers, "_READERS", list(readers._READERS))
+
+
+def test_a_registered_reader_may_claim_a_directory(tmp_path, fresh_readers):
+    folder = tmp_path / "slide_dicom"
+    folder.mkdir()
+    _png(folder / "frame.png", _rng_image(40, 50))
+    register_reader("folder", lambda p: p.is_dir() and (p / "frame.png").exists(),
+                    lambda p, target, mpp: ImageSlide(p / "frame.png", target, mpp))
+    assert reader_names() == ("image", "tiff", "openslide", "folder")
+    with open_slide(folder, 0.9) as slide:
+        assert (slide.width, slide.height) == (50, 40)
+    with pytest.raises(CervrtError, match=r"is a directory no slide reader opens.*readers: image, tiff, openslide"):
+        open_slide(tmp_path, 0.9)
+
+
+def test_readers_are_asked_in_order_and_first_goes_before_the_builtins(tmp_path, fresh_readers):
+    path = _png(tmp_path / "a.png", _rng_image(30, 30))
+    seen = []
+    register_reader("spy", lambda p: seen.append(p) or False, ImageSlide)
+    with open_slide(path, 0.9):
+        assert seen == []  # the built-in image reader claimed it first
+    register_reader("spy", lambda p: True, lambda p, target, mpp: "claimed", first=True)
+    assert reader_names()[0] == "spy" and reader_names().count("spy") == 1
+    assert open_slide(path, 0.9) == "claimed"
+    with pytest.raises(CervrtError, match="a reader needs a name"):
+        register_reader("", lambda p: True, ImageSlide)

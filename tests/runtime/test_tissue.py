@@ -7,7 +7,7 @@ import pytest
 
 from cervrt._cv import cv2
 from cervrt.errors import CervrtError
-from cervrt.runtime.slides import open_slide
+from cervrt.runtime.readers import open_slide
 from cervrt.runtime.tissue import SATURATION_FLOOR, TissueMap, tissue_mask
 
 
