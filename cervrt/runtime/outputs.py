@@ -10,19 +10,23 @@ temporary file beside the target (height x width bytes of disk, no RAM), then le
 one 256-row strip at a time and each reduced level (2x, 4x, ... until it fits in one tile) is
 subsampled nearest-neighbour (labels must not be averaged) from rows read back one by one. The levels
 are top-level reduced-resolution pages, the layout OpenSlide reads as a "generic tiled TIFF".
+
+Mask formats are registered: ``register_output(name, sink, suffix=..., paths=...)`` adds one (a
+``MaskSink`` subclass, and the path(s) it writes); ``output_formats()`` is what ``cervrt infer
+--format`` offers, ``output_format(name, height, width)`` what a slide run writes.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import enum
 import json
 import math
 import os
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,7 +40,12 @@ __all__ = [
     "PNG_MAX_PIXELS",
     "LabelThumbnail",
     "MaskFormat",
+    "MaskSink",
     "MaskWriter",
+    "OutputFormat",
+    "output_format",
+    "output_formats",
+    "register_output",
     "write_geojson",
     "write_overlay",
 ]
@@ -47,24 +56,10 @@ _TILE = 256
 _JPEG_QUALITY = 90
 
 
-class MaskFormat(str, enum.Enum):
-    """File format of the label mask."""
-
-    PNG = "png"
-    TIFF = "tiff"
-
-
-def _mask_format(fmt: str | MaskFormat) -> MaskFormat:
-    try:
-        return MaskFormat(fmt)
-    except ValueError:
-        raise CervrtError(f"unknown mask format {fmt!r}: use one of {', '.join(f.value for f in MaskFormat)}") from None
-
-
 # --- mask sinks --------------------------------------------------------------------------------
 
 
-class _Sink(abc.ABC):
+class MaskSink(abc.ABC):
     """Receives the rows of a mask in order and writes the file when they are all there."""
 
     def __init__(self, path: Path, height: int, width: int, mpp: float | None) -> None:
@@ -81,7 +76,7 @@ class _Sink(abc.ABC):
         """Drop whatever was buffered."""
 
 
-class _PngSink(_Sink):
+class _PngSink(MaskSink):
     def __init__(self, path: Path, height: int, width: int, mpp: float | None) -> None:
         if height * width > PNG_MAX_PIXELS:
             raise CervrtError(f"a {height} x {width} mask is over 2^30 pixels, too large for PNG: use the tiff format")
@@ -115,7 +110,7 @@ def _level_factors(height: int, width: int) -> list[int]:
     return factors
 
 
-class _TiffSink(_Sink):
+class _TiffSink(MaskSink):
     def __init__(self, path: Path, height: int, width: int, mpp: float | None) -> None:
         super().__init__(path, height, width, mpp)
         try:
@@ -175,18 +170,100 @@ class _TiffSink(_Sink):
         self._cleanup()
 
 
-_SINKS: dict[MaskFormat, type[_Sink]] = {MaskFormat.PNG: _PngSink, MaskFormat.TIFF: _TiffSink}
+# --- the output registry -----------------------------------------------------------------------
+
+#: ``sink(path, height, width, mpp)``: receives the rows (``write(first_row, labels)``), then ``finish()``
+#: or ``abort()``; see ``MaskSink``.
+SinkFactory = Callable[[Path, int, int, "float | None"], MaskSink]
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """A registered mask format: its name, its sink, the path(s) it writes and its size limit.
+
+    ``value`` is the name (``"png"``), ``suffix`` what follows ``NAME.mask`` (``".png"``); a format
+    written as several files or a folder passes ``paths(out_dir, name) -> {"mask": ..., ...}``. A mask
+    over ``max_pixels`` is written as ``fallback`` instead.
+    """
+
+    value: str
+    sink: SinkFactory
+    suffix: str
+    max_pixels: int | None = None
+    fallback: str | None = None
+    layout: Callable[[Path, str], dict[str, Path]] | None = None
+
+    def paths(self, out_dir: Path, name: str) -> dict[str, Path]:
+        """The files (or folders) the format writes for slide ``name`` in ``out_dir``; ``"mask"`` first."""
+        if self.layout is not None:
+            return self.layout(Path(out_dir), name)
+        return {"mask": Path(out_dir) / f"{name}.mask{self.suffix}"}
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_OUTPUTS: dict[str, OutputFormat] = {}
+
+
+def register_output(name: str, sink: SinkFactory, *, suffix: str | None = None, max_pixels: int | None = None,
+                    fallback: str | None = None,
+                    paths: Callable[[Path, str], dict[str, Path]] | None = None) -> OutputFormat:
+    """Make ``name`` a mask format (``--format NAME``): ``sink(path, height, width, mpp)`` writes it.
+
+    ``suffix`` defaults to ``"." + name``; ``paths(out_dir, name)`` replaces the single
+    ``NAME.mask.SUFFIX`` path; a mask over ``max_pixels`` is written as the ``fallback`` format.
+    """
+    if not isinstance(name, str) or not name.isidentifier() or not callable(sink):
+        raise CervrtError(f"an output format needs a short name (letters, digits, _) and a sink, got {name!r}")
+    spec = OutputFormat(name, sink, f".{name}" if suffix is None else suffix, max_pixels, fallback, paths)
+    _OUTPUTS[name] = spec
+    return spec
+
+
+def output_formats() -> tuple[str, ...]:
+    """The registered mask formats' names, the default (``png``) first."""
+    return tuple(_OUTPUTS)
+
+
+def _mask_format(fmt: str | OutputFormat) -> OutputFormat:
+    spec = _OUTPUTS.get(fmt.value if isinstance(fmt, OutputFormat) else fmt)  # type: ignore[arg-type]
+    if spec is None:
+        raise CervrtError(f"unknown mask format {fmt!r}: choose one of {', '.join(_OUTPUTS)}")
+    return spec
+
+
+def output_format(requested: str | OutputFormat, height: int, width: int) -> OutputFormat:
+    """The format a ``height`` x ``width`` mask is written in: ``requested``, or its fallback when too large."""
+    spec = _mask_format(requested)
+    if spec.max_pixels is not None and height * width > spec.max_pixels and spec.fallback:
+        return _mask_format(spec.fallback)
+    return spec
+
+
+class MaskFormat:
+    """The built-in mask formats, for code that names one: ``MaskFormat.PNG``, ``MaskFormat.TIFF``.
+
+    ``MaskFormat("tiff")`` looks any registered format up by name (CervrtError listing them if unknown).
+    """
+
+    def __new__(cls, name: str | OutputFormat) -> OutputFormat:  # type: ignore[misc]
+        return _mask_format(name)
+
+    PNG = register_output("png", _PngSink, max_pixels=PNG_MAX_PIXELS, fallback="tiff")
+    TIFF = register_output("tiff", _TiffSink)
+
 
 
 class MaskWriter:
-    """Streams a uint8 label mask to ``path`` (PNG or tiled pyramidal TIFF); a context manager.
+    """Streams a uint8 label mask to ``path`` in a registered format (PNG, tiled TIFF, ...); a context manager.
 
     Chunks arrive in row order and cover every row once; :meth:`close` writes (TIFF: finishes) the
     file and renames it into place. Leaving the ``with`` block by an exception, or :meth:`abort`,
     leaves no file. ``mpp`` (microns per pixel), when known, goes into the TIFF resolution tags.
     """
 
-    def __init__(self, path: str | os.PathLike[str], height: int, width: int, fmt: str | MaskFormat = "png",
+    def __init__(self, path: str | os.PathLike[str], height: int, width: int, fmt: str | OutputFormat = "png",
                  mpp: float | None = None) -> None:
         self.path = Path(path)
         self.format = _mask_format(fmt)
@@ -195,7 +272,7 @@ class MaskWriter:
         if not self.path.parent.is_dir():
             raise CervrtError(f"output directory {self.path.parent} does not exist")
         self.height, self.width = int(height), int(width)
-        self._sink: _Sink | None = _SINKS[self.format](self.path, self.height, self.width, mpp)
+        self._sink: MaskSink | None = self.format.sink(self.path, self.height, self.width, mpp)
         self._next_row = 0
 
     def write(self, first_row: int, labels: np.ndarray) -> None:

@@ -1,4 +1,5 @@
-"""Outputs: mask writers (PNG, pyramidal TIFF) round trips and atomicity, label thumbnail, overlay, GeoJSON."""
+"""Outputs: the format registry, mask writers (PNG, pyramidal TIFF) round trips and atomicity, thumbnail,
+overlay, GeoJSON."""
 
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ import tifffile
 from cervrt._cv import cv2
 from cervrt.constants import CLASS_NAMES, PALETTE
 from cervrt.errors import CervrtError
-from cervrt.runtime.outputs import LabelThumbnail, MaskWriter, write_geojson, write_overlay
+from cervrt.runtime import outputs
+from cervrt.runtime.outputs import (
+    PNG_MAX_PIXELS,
+    LabelThumbnail,
+    MaskFormat,
+    MaskSink,
+    MaskWriter,
+    output_format,
+    output_formats,
+    register_output,
+    write_geojson,
+    write_overlay,
+)
 
 
 def _labels(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -160,3 +173,45 @@ def test_overlay_refuses_a_mismatched_palette(tmp_path):
         write_overlay(tmp_path / "o.jpg", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8),
                       PALETTE[:2], CLASS_NAMES)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the format registry -----------------------------------------------------------------------
+
+
+class _NpySink(MaskSink):
+    """A third-party format: the mask as .npy inside a folder, beside a side-car file."""
+
+    def __init__(self, path, height, width, mpp):
+        super().__init__(path, height, width, mpp)
+        self.mask = np.zeros((height, width), np.uint8)
+
+    def write(self, first_row, labels):
+        self.mask[first_row : first_row + labels.shape[0]] = labels
+
+    def finish(self):
+        self.path.mkdir()
+        np.save(self.path / "labels.npy", self.mask)
+
+    def abort(self):
+        self.mask = None
+
+
+def test_the_builtin_formats_and_their_paths(tmp_path):
+    assert output_formats() == ("png", "tiff")
+    assert MaskFormat("png") is MaskFormat.PNG and str(MaskFormat.TIFF) == "tiff"
+    assert MaskFormat.PNG.paths(tmp_path, "s1") == {"mask": tmp_path / "s1.mask.png"}
+    assert output_format("png", 1, PNG_MAX_PIXELS + 1) is MaskFormat.TIFF
+    assert output_format(MaskFormat.TIFF, 1 << 20, 1 << 20) is MaskFormat.TIFF
+
+
+def test_a_registered_format_declares_its_own_paths_and_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(outputs, "_OUTPUTS", dict(outputs._OUTPUTS))
+    spec = register_output("npyzarr", _NpySink, paths=lambda out, name: {"mask": out / f"{name}.labels"})
+    assert output_formats() == ("png", "tiff", "npyzarr") and MaskFormat("npyzarr") is spec
+    path = spec.paths(tmp_path, "s1")["mask"]
+    mask = _labels(20, 30)
+    with MaskWriter(path, 20, 30, fmt="npyzarr") as writer:
+        _stream(writer, mask)
+    assert np.array_equal(np.load(path / "labels.npy"), mask)
+    with pytest.raises(CervrtError, match="needs a short name"):
+        register_output("no such", _NpySink)
