@@ -21,29 +21,47 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from cervrt._io import ensure_writable_dir, write_json
-from cervrt.errors import CervrtError
-from cervrt.runtime.outputs import PNG_MAX_PIXELS, LabelThumbnail, MaskFormat, MaskWriter, write_geojson, write_overlay
-from cervrt.runtime.predictor import STAGES, Progress, Rows, StageTimer
+from cervrt.runtime.outputs import (
+    LabelThumbnail,
+    MaskWriter,
+    OutputFormat,
+    output_format,
+    write_geojson,
+    write_overlay,
+)
+from cervrt.runtime.pipeline import STAGES, Progress, Rows, StageTimer
 from cervrt.runtime.stitcher import LabelChunk
 
-__all__ = ["THUMBNAIL_SIDE", "SlideResult", "SlideRows", "mask_format", "run_slide", "slide_report"]
+__all__ = ["THUMBNAIL_SIDE", "SlidePredictor", "SlideResult", "SlideRows", "mask_format", "run_slide", "slide_report"]
 
 #: Longest side of the overlay and of the label thumbnail the GeoJSON is traced from.
 THUMBNAIL_SIDE = 2048
 
 
-def mask_format(requested: str | MaskFormat, height: int, width: int) -> MaskFormat:
-    """``requested`` ("png" or "tiff"), except TIFF for masks over PNG_MAX_PIXELS pixels."""
-    try:
-        fmt = MaskFormat(requested)
-    except ValueError:
-        raise CervrtError(f"unknown mask format {requested!r}: choose one of png, tiff") from None
-    return MaskFormat.TIFF if height * width > PNG_MAX_PIXELS else fmt
+class SlidePredictor(Protocol):
+    """What a slide run uses of a Predictor: its public hooks, nothing private."""
+
+    engine: Any
+    settings: Any  # a resolved PredictorConfig
+    num_classes: int
+    fusion_backend: str
+
+    def gather_args(self) -> tuple[Callable[..., None], int, tuple[float, ...], tuple[float, ...]]: ...
+
+    def plan_windows(self, height: int, width: int, tissue: Any) -> tuple[Rows, int]: ...
+
+    def label_rows(self, source: Any, rows: Rows, height: int, width: int, sink: Callable[[list[LabelChunk]], None],
+                   timer: StageTimer, progress: Progress | None) -> int: ...
+
+
+def mask_format(requested: str | OutputFormat, height: int, width: int) -> OutputFormat:
+    """The registered format ``requested`` names (``png``, ``tiff``, ...), or its fallback for a mask too large."""
+    return output_format(requested, height, width)
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,11 @@ class SlideRows:
                 self._gather(band, np.zeros(xs.size, dtype=np.int64), xs - x0, self._patch, self._mean, self._std,
                              out[k : k + xs.size])
             k += xs.size
+
+    def pixels(self, y: int) -> tuple[np.ndarray, int, int]:
+        """``rows(y)`` as the pipeline's PatchSource wants it: the band and the image (row, column) of its (0, 0)."""
+        band, x0 = self.rows(y)
+        return band, y, x0
 
     def rows(self, y: int) -> tuple[np.ndarray, int]:
         """uint8 (patch, span, 3) rows y .. y + patch over window row y's span, and the span's first column."""
@@ -136,8 +159,8 @@ def _class_table(counts: np.ndarray, class_names: Sequence[str], mpp: float | No
     return table
 
 
-def slide_report(predictor: Any, slide: Any, name: str, counts: np.ndarray, run: int, skipped: int,
-                 timer: StageTimer, seconds: float, fmt: MaskFormat, paths: dict[str, Path]) -> dict[str, Any]:
+def slide_report(predictor: SlidePredictor, slide: Any, name: str, counts: np.ndarray, run: int, skipped: int,
+                 timer: StageTimer, seconds: float, fmt: OutputFormat, paths: dict[str, Path]) -> dict[str, Any]:
     """The NAME.json report: areas per class (pixels, mm^2 when the mpp is known, share of the tissue,
     i.e. of pixels labelled 1..C-1), the worst grade found, patches run and skipped, seconds per stage,
     throughput (patches/s over the patches run, Mpx/s over the slide's area at the processing
@@ -172,8 +195,8 @@ def slide_report(predictor: Any, slide: Any, name: str, counts: np.ndarray, run:
 # ---- the run -----------------------------------------------------------------------------------------
 
 
-def _paths(out: Path, name: str, fmt: MaskFormat, geojson: bool) -> dict[str, Path]:
-    paths = {"mask": out / f"{name}.mask.{fmt.value}", "overlay": out / f"{name}.overlay.jpg"}
+def _paths(out: Path, name: str, fmt: OutputFormat, geojson: bool) -> dict[str, Path]:
+    paths = {**fmt.paths(out, name), "overlay": out / f"{name}.overlay.jpg"}
     if geojson:
         paths["geojson"] = out / f"{name}.geojson"
     paths["json"] = out / f"{name}.json"
@@ -193,7 +216,7 @@ def _all_or_nothing() -> Iterator[list[Path]]:
         raise
 
 
-def _tissue(predictor: Any, slide: Any, timer: StageTimer) -> tuple[Any, np.ndarray]:
+def _tissue(predictor: SlidePredictor, slide: Any, timer: StageTimer) -> tuple[Any, np.ndarray]:
     """The slide's TissueMap (None with a threshold of 0: every window runs) and its thumbnail, read
     once (a pass over a whole pyramid level) for the tissue map and the overlay both."""
     from cervrt.runtime.tissue import TissueMap, tissue_mask
@@ -206,7 +229,7 @@ def _tissue(predictor: Any, slide: Any, timer: StageTimer) -> tuple[Any, np.ndar
         return TissueMap(mask, slide.height, slide.width, threshold), thumbnail
 
 
-def _write_mask(predictor: Any, slide: Any, rows: Rows, fmt: MaskFormat, path: Path, timer: StageTimer,
+def _write_mask(predictor: SlidePredictor, slide: Any, rows: Rows, fmt: OutputFormat, path: Path, timer: StageTimer,
                 progress: Progress | None) -> tuple[int, _LabelSink]:
     source = SlideRows(slide, rows, *predictor.gather_args())
     h, w = slide.height, slide.width
@@ -218,7 +241,7 @@ def _write_mask(predictor: Any, slide: Any, rows: Rows, fmt: MaskFormat, path: P
     return run, sink
 
 
-def _write_pictures(predictor: Any, slide: Any, picture: np.ndarray, thumbnail: LabelThumbnail,
+def _write_pictures(predictor: SlidePredictor, slide: Any, picture: np.ndarray, thumbnail: LabelThumbnail,
                     paths: dict[str, Path], done: list[Path]) -> None:
     engine = predictor.engine
     labels = thumbnail.labels
@@ -229,7 +252,7 @@ def _write_pictures(predictor: Any, slide: Any, picture: np.ndarray, thumbnail: 
         done.append(paths["geojson"])
 
 
-def run_slide(predictor: Any, path: str | Path, out_dir: str | Path, fmt: str = "png", geojson: bool = False,
+def run_slide(predictor: SlidePredictor, path: str | Path, out_dir: str | Path, fmt: str = "png", geojson: bool = False,
               name: str | None = None, progress: Progress | None = None) -> SlideResult:
     """Segment the slide at ``path`` with ``predictor`` and write its outputs into ``out_dir``."""
     from cervrt.runtime.readers import open_slide

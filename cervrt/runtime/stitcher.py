@@ -15,8 +15,9 @@ whatever the image height: 4 * 6 * 500 * 42,000 bytes = 504 MB for the paper's 4
 fallback's argmax briefly holds a float32 copy of the finished rows as well.
 
 ``BandFusion`` holds the bookkeeping, independent of where the sums live; ``BandStitcher`` keeps
-them in host memory and runs the C extension or its numpy reference; ``cervrt.runtime.cuda_fusion``
-keeps them on the GPU.
+them in host memory and runs the C extension or its numpy reference; the CUDA band keeps them on the
+GPU. ``ProbabilityStitcher`` keeps whole-image sums instead, for ``Predictor.predict_proba``. All of
+them take ``add(ys, xs, probs, gate)`` and ``finish()`` (``cervrt.runtime.pipeline.Stitcher``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from cervrt.runtime.fusion import FusionBackend, get_backend
 from cervrt.runtime.reference import MAX_CLASSES
 from cervrt.runtime.tiling import BlendMode, blend_weights, check_tiling, window_starts
 
-__all__ = ["BandFusion", "BandStitcher", "LabelChunk", "band_rows_for"]
+__all__ = ["BandFusion", "BandStitcher", "LabelChunk", "ProbabilityStitcher", "band_rows_for"]
 
 #: A finished block of rows: (first image row, uint8 labels of shape (rows, width)).
 LabelChunk = tuple[int, np.ndarray]
@@ -237,3 +238,37 @@ class BandStitcher(BandFusion):
     def _shift(self, shift: int, filled: int) -> None:
         for plane in (*self._acc, self._wsum):
             _move_rows(plane, shift, filled)
+
+
+class ProbabilityStitcher:
+    """Fuse one image's windows into whole float32 (C, H, W) probability maps (no labels handed out).
+
+    Holds C + 1 float32 planes of the image. ``add`` and ``finish`` return no label rows;
+    ``probabilities()`` divides the sums once every window was added: pixels no window covered are
+    background with probability 1.
+    """
+
+    def __init__(self, height: int, width: int, num_classes: int, patch: int,
+                 blend: BlendMode | str = BlendMode.GAUSSIAN, backend: FusionBackend | str = "auto") -> None:
+        self.backend = backend if isinstance(backend, FusionBackend) else get_backend(backend)
+        self.weights = blend_weights(BlendMode.parse(blend), int(patch))
+        self._acc = np.zeros((num_classes, height, width), dtype=np.float32)
+        self._wsum = np.zeros((height, width), dtype=np.float32)
+
+    def add(self, ys: np.ndarray, xs: np.ndarray, probs: np.ndarray,
+            gate: np.ndarray | None = None) -> list[LabelChunk]:
+        self.backend.accumulate(self._acc, self._wsum, probs, _as_origins(ys, "ys"), _as_origins(xs, "xs"),
+                                self.weights, gate)
+        return []
+
+    def finish(self) -> list[LabelChunk]:
+        return []
+
+    def probabilities(self) -> np.ndarray:
+        """The fused (C, H, W) probabilities, normalised in place (call once, after the last ``add``)."""
+        acc, wsum = self._acc, self._wsum
+        covered = wsum > 0
+        np.divide(acc, wsum, out=acc, where=covered)
+        acc[0][~covered] = 1.0
+        acc[1:, ~covered] = 0.0
+        return acc

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from cervrt.engines import open_engine
 from cervrt.errors import CervrtError
 from cervrt.runtime import reference
 from cervrt.runtime.outputs import MaskFormat
-from cervrt.runtime.predictor import FusionPath, Predictor, _batches, choose_fusion, gate_factors, plan_rows
+from cervrt.runtime.pipeline import StageTimer, batches, gate_factors, plan_rows
+from cervrt.runtime.predictor import FusionPath, Predictor, choose_fusion
 from cervrt.runtime.slide_run import SlideRows, mask_format
 from cervrt.runtime.tiling import blend_weights, window_starts
 from tests.runtime.tiny_model import MPP, PATCH, save_tiny_model, slide_image, tissue_image
@@ -144,9 +146,9 @@ def test_plan_rows_and_batches():
     assert all(xs.tolist() == [64, 66] for _, xs in rows)
     everything, none_skipped = plan_rows(100, 130, 64, 32, None, 0.5)
     assert none_skipped == 0 and sum(xs.size for _, xs in everything) == 3 * 4
-    batches = list(_batches(everything, 5))
-    assert [sum(xs.size for _, xs in b) for b in batches] == [5, 5, 2]
-    flat = [(y, x) for b in batches for y, xs in b for x in xs.tolist()]
+    batches_ = list(batches(everything, 5))
+    assert [sum(xs.size for _, xs in b) for b in batches_] == [5, 5, 2]
+    flat = [(y, x) for b in batches_ for y, xs in b for x in xs.tolist()]
     assert flat == [(y, x) for y, xs in everything for x in xs.tolist()]
 
 
@@ -228,15 +230,27 @@ def test_bad_settings_and_closed_predictor(model):
         predictor.predict(np.zeros((8, 8, 3), np.uint8))
 
 
+def _engine(kind, device):
+    """An engine as choose_fusion sees it: only TensorRT keeps its outputs on the device."""
+    return SimpleNamespace(kind=kind, device=device, supports_device_io=kind == "tensorrt")
+
+
 def test_choose_fusion_picks_the_gpu_only_for_tensorrt_on_cuda():
-    assert choose_fusion("auto", "tensorrt", "cuda:0") is FusionPath.CUDA
-    assert choose_fusion("cuda", "tensorrt", "cuda:1") is FusionPath.CUDA
-    assert choose_fusion("c", "tensorrt", "cuda:0") is FusionPath.HOST
-    assert choose_fusion("auto", "onnxruntime", "cuda:0") is FusionPath.HOST
-    assert choose_fusion("auto", "onnxruntime", "cpu") is FusionPath.HOST
-    assert choose_fusion("numpy", "torch", "cpu") is FusionPath.HOST
+    assert choose_fusion("auto", _engine("tensorrt", "cuda:0")) is FusionPath.CUDA
+    assert choose_fusion("cuda", _engine("tensorrt", "cuda:1")) is FusionPath.CUDA
+    assert choose_fusion("c", _engine("tensorrt", "cuda:0")) is FusionPath.HOST
+    assert choose_fusion("auto", _engine("onnxruntime", "cuda:0")) is FusionPath.HOST
+    assert choose_fusion("auto", _engine("onnxruntime", "cpu")) is FusionPath.HOST
+    assert choose_fusion("numpy", _engine("torch", "cpu")) is FusionPath.HOST
     with pytest.raises(CervrtError, match="needs a TensorRT engine on a CUDA device, got torch on cuda:0"):
-        choose_fusion("cuda", "torch", "cuda:0")
+        choose_fusion("cuda", _engine("torch", "cuda:0"))
+
+
+def test_the_gpu_path_follows_the_capability_not_the_name():
+    assert choose_fusion("auto", SimpleNamespace(kind="other", device="cuda:0", supports_device_io=True)) \
+        is FusionPath.CUDA
+    assert choose_fusion("auto", SimpleNamespace(kind="tensorrt", device="cuda:0", supports_device_io=False)) \
+        is FusionPath.HOST
 
 
 # ---- slides -----------------------------------------------------------------------------------------
@@ -261,8 +275,6 @@ def test_slide_rows_read_each_row_once_in_bands():
     source = SlideRows(slide, rows, reference.gather, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     got = np.empty((len(rows[0][1]), 3, 64, 64), np.float32)
     expected = np.empty_like(got)
-    from cervrt.runtime.predictor import StageTimer
-
     for y, xs in rows:
         source.gather([(y, xs)], got[: xs.size], StageTimer())
         reference.gather(image, np.full(xs.size, y, np.int64), xs, 64, (0.5,) * 3, (0.25,) * 3, expected[: xs.size])
