@@ -50,10 +50,6 @@ class Sample:
     name: str
     image: np.ndarray
 
-    @property
-    def shape_text(self) -> str:
-        return "x".join(str(d) for d in self.image.shape)
-
 
 @dataclass(frozen=True)
 class ParityCheck:
