@@ -6,9 +6,9 @@
     Predictor("hspnet.onnx", batch_size=16, stride=100)   # or keywords alone, as before
 
 Strings are accepted for the enums (``blend="mean"``, ``fusion="c"``) and turned into them; a bad
-value raises a one-line CervrtError that names the setting and its valid values. ``stride=None``
-means a quarter of the model's patch: ``resolve(patch)`` fills it in once the model is known and
-checks it against the patch. The CLI derives its defaults and choices from ``PredictorConfig()``,
+value raises a one-line InputError (a CervrtError) that names the setting and its valid values.
+``stride=None`` means a quarter of the model's patch: ``resolve(patch)`` fills it in once the model
+is known and checks it against the patch. The CLI derives its defaults and choices from ``PredictorConfig()``,
 ``Blend`` and ``Fusion`` (no second copy of them). What a call writes (mask format, GeoJSON) is an
 argument of ``predict_slide``, not part of this config.
 """
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cervrt.errors import CervrtError
+from cervrt.errors import InputError
 from cervrt.runtime.tiling import BlendMode, check_tiling
 
 __all__ = ["Blend", "Fusion", "PredictorConfig", "default_stride"]
@@ -45,7 +45,7 @@ class Fusion(str, enum.Enum):
             return cls(value)
         except ValueError:
             valid = ", ".join(m.value for m in cls)
-            raise CervrtError(f"unknown fusion {value!r}: choose one of {valid}") from None
+            raise InputError(f"unknown fusion {value!r}: choose one of {valid}") from None
 
 
 def default_stride(patch: int) -> int:
@@ -55,13 +55,13 @@ def default_stride(patch: int) -> int:
 
 def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CervrtError(f"{what} must be a positive integer, got {value!r}")
+        raise InputError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
 
 
 def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(float(value)):
-        raise CervrtError(f"{what} must be a number, got {value!r}")
+        raise InputError(f"{what} must be a number, got {value!r}")
     return float(value)
 
 
@@ -86,18 +86,18 @@ class PredictorConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not self.device.strip():
-            raise CervrtError(f"device must be a name such as 'auto', 'cpu' or 'cuda:0', got {self.device!r}")
+            raise InputError(f"device must be a name such as 'auto', 'cpu' or 'cuda:0', got {self.device!r}")
         _positive_int(self.batch_size, "batch_size (windows per engine call)")
         if self.stride is not None:
             _positive_int(self.stride, "stride (pixels between windows)")
         threshold = _number(self.tissue_threshold, "tissue_threshold")
         if not 0.0 <= threshold <= 1.0:
-            raise CervrtError(f"tissue_threshold must be between 0 and 1, got {self.tissue_threshold}")
+            raise InputError(f"tissue_threshold must be between 0 and 1, got {self.tissue_threshold}")
         mpp = None
         if self.mpp is not None:
             mpp = _number(self.mpp, "mpp")
             if not mpp > 0:
-                raise CervrtError(f"mpp must be positive microns per pixel, got {self.mpp}")
+                raise InputError(f"mpp must be positive microns per pixel, got {self.mpp}")
         object.__setattr__(self, "blend", Blend.parse(self.blend))
         object.__setattr__(self, "fusion", Fusion.parse(self.fusion))
         object.__setattr__(self, "tissue_threshold", threshold)
@@ -109,10 +109,10 @@ class PredictorConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     def replace(self, **changes: Any) -> PredictorConfig:
-        """A copy with ``changes`` applied (and checked); an unknown name raises CervrtError listing the valid ones."""
+        """A copy with ``changes`` applied (and checked); an unknown name raises InputError listing the valid ones."""
         unknown = sorted(set(changes) - set(self.field_names()))
         if unknown:
-            raise CervrtError(f"unknown Predictor setting {unknown[0]!r}: choose from {', '.join(self.field_names())}")
+            raise InputError(f"unknown Predictor setting {unknown[0]!r}: choose from {', '.join(self.field_names())}")
         return dataclasses.replace(self, **changes)
 
     def resolve(self, patch: int) -> PredictorConfig:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from cervrt.errors import CervrtError
+from cervrt.errors import InputError, ModelError
 from cervrt.runtime.fusion import FusionBackend
 from cervrt.runtime.stitcher import BandStitcher, LabelChunk
 from cervrt.runtime.tiling import BlendMode, window_starts
@@ -214,7 +214,7 @@ def gate_factors(class_probs: np.ndarray, epsilon: float, num_classes: int) -> n
     when ``class_probs[:, k - 1] <= epsilon``, else 1."""
     class_probs = np.asarray(class_probs)
     if class_probs.ndim != 2 or class_probs.shape[1] != num_classes - 1:
-        raise CervrtError(f"the engine returned class_probs of shape {class_probs.shape}; "
+        raise ModelError(f"the engine returned class_probs of shape {class_probs.shape}; "
                           f"expected (n, {num_classes - 1}) for {num_classes} classes")
     gate = np.ones((class_probs.shape[0], num_classes), dtype=np.float32)
     gate[:, 1:] = class_probs > epsilon
@@ -259,19 +259,19 @@ class EngineStage:
 
 
 def check_image(image: object) -> np.ndarray:
-    """The image if it is an (H, W, 3) uint8 RGB array with H, W >= 1, else CervrtError saying what is expected."""
+    """The image if it is an (H, W, 3) uint8 RGB array with H, W >= 1, else InputError saying what is expected."""
     expected = "an (H, W, 3) uint8 RGB numpy array"
     if not isinstance(image, np.ndarray):
-        raise CervrtError(f"image must be {expected}, got {type(image).__name__}")
+        raise InputError(f"image must be {expected}, got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise CervrtError(f"image must be {expected}, got dtype {image.dtype}: scale it to 0..255 and "
+        raise InputError(f"image must be {expected}, got dtype {image.dtype}: scale it to 0..255 and "
                           "convert with .astype(np.uint8)")
     if image.ndim != 3 or image.shape[2] != 3:
         channels = f"{image.shape[2]} channels" if image.ndim == 3 else f"{image.ndim} dimensions"
-        raise CervrtError(f"image must be {expected}, got shape {image.shape} ({channels}): convert greyscale "
+        raise InputError(f"image must be {expected}, got shape {image.shape} ({channels}): convert greyscale "
                           "or RGBA to RGB first")
     if min(image.shape[:2]) < 1:
-        raise CervrtError(f"image must be {expected} with at least one pixel, got shape {image.shape}")
+        raise InputError(f"image must be {expected} with at least one pixel, got shape {image.shape}")
     return image
 
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cervrt.errors import CervrtError
+from cervrt.errors import CervrtError, InputError, ModelError
 from cervrt.runtime.config import Fusion, PredictorConfig, default_stride
 from cervrt.runtime.fusion import get_backend
 from cervrt.runtime.pipeline import (
@@ -77,7 +77,7 @@ def choose_fusion(fusion: Fusion | str, engine: Any) -> FusionPath:
     fusion = Fusion.parse(fusion)
     on_gpu = bool(engine.supports_device_io) and str(engine.device).startswith("cuda")
     if fusion is Fusion.CUDA and not on_gpu:
-        raise CervrtError(f"fusion 'cuda' needs a TensorRT engine on a CUDA device, got {engine.kind} on "
+        raise InputError(f"fusion 'cuda' needs a TensorRT engine on a CUDA device, got {engine.kind} on "
                           f"{engine.device} (the device path needs an engine that keeps its outputs on the GPU): "
                           "use fusion 'auto', 'c' or 'numpy'")
     return FusionPath.CUDA if on_gpu and fusion in (Fusion.AUTO, Fusion.CUDA) else FusionPath.HOST
@@ -100,7 +100,7 @@ class Predictor:
         from cervrt.engines import open_engine
 
         if config is not None and not isinstance(config, PredictorConfig):
-            raise CervrtError(f"config must be a PredictorConfig, got {type(config).__name__}")
+            raise InputError(f"config must be a PredictorConfig, got {type(config).__name__}")
         config = config or PredictorConfig()
         if overrides:
             config = config.replace(**overrides)
@@ -250,4 +250,4 @@ class Predictor:
 
     def _check_classes(self) -> None:
         if not 2 <= len(self.engine.class_names) <= 256:
-            raise CervrtError(f"the model has {len(self.engine.class_names)} classes; cervrt needs 2 to 256")
+            raise ModelError(f"the model has {len(self.engine.class_names)} classes; cervrt needs 2 to 256")
