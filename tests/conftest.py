@@ -14,21 +14,16 @@ def _first_line(exc: BaseException) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _no_cuda_device() -> str | None:
-    """None when cuda-python sees at least one CUDA device, else the reason it does not."""
+    """None when cuda-python sees at least one CUDA device (cervrt.cuda's probe), else the reason it does not."""
+    from cervrt import cuda
+    from cervrt.errors import MissingDependencyError
+
     try:
-        from cuda.bindings import driver
-    except ImportError as exc:
+        cuda.driver()
+    except MissingDependencyError as exc:
         return f"cuda-python is not installed ({exc})"
-    try:
-        (err,) = driver.cuInit(0)
-        if err != driver.CUresult.CUDA_SUCCESS:
-            return f"no CUDA device: cuInit returned {err}"
-        err, count = driver.cuDeviceGetCount()
-    except Exception as exc:
-        return f"no CUDA device: {_first_line(exc)}"
-    if err != driver.CUresult.CUDA_SUCCESS or count == 0:
-        return "no CUDA device: the driver reports none"
-    return None
+    count, reason = cuda.device_count()
+    return None if count else f"no CUDA device: {reason}"
 
 
 @functools.lru_cache(maxsize=1)

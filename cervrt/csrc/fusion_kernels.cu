@@ -2,8 +2,8 @@
  * fusion_kernels.cu -- the GPU side of cervrt's fusion: the three operations of the C extension
  * (fusion.c) on device memory, with the per-pixel math of fusion_math.h.
  *
- * Compiled at run time by NVRTC (cervrt.runtime.cuda_fusion.compile_kernels) or ahead of time by
- * nvcc; launched through the driver API by cervrt.runtime.cuda_fusion.CudaFusion.  Every kernel is
+ * Compiled at run time by NVRTC (cervrt.runtime.gpu.compile_kernels) or ahead of time by
+ * nvcc; launched through the driver API by cervrt.runtime.gpu.CudaFusion.  Every kernel is
  * a grid-stride loop, so any grid size covers the work.  Status: compiled (NVRTC and nvcc, in the
  * tests), and its logic run on the host by the tests through a CUDA-less shim; not yet executed on
  * a GPU.

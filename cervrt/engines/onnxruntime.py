@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from cervrt.artifact import read_metadata
+from cervrt.cuda import device_count as cuda_device_count
 from cervrt.devices import Device, parse_device
-from cervrt.engines._cuda import cuda_device_count
 from cervrt.engines.base import Engine, EngineOutput
 from cervrt.errors import CervrtError
-from cervrt.export.metadata import read_metadata
 
 __all__ = ["CPU_PROVIDER", "CUDA_PROVIDER", "OnnxRuntimeEngine", "choose_providers"]
 

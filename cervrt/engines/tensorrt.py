@@ -36,7 +36,6 @@ use one engine per thread, or let the Predictor serialise calls.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import re
 from collections.abc import Iterator
@@ -47,12 +46,12 @@ from typing import Any
 import numpy as np
 
 from cervrt._io import optional_import
+from cervrt.artifact import read_plan_metadata
+from cervrt.cuda import CudaError, PrimaryContext, check, driver, gpu_info
+from cervrt.cuda import memory as mem
 from cervrt.devices import Device, parse_device
 from cervrt.engines.base import Engine, EngineOutput
 from cervrt.errors import CervrtError
-from cervrt.export.metadata import read_plan_metadata
-from cervrt.export.tensorrt_build import probe_gpu
-from cervrt.runtime import cuda_fusion as _cuda
 
 __all__ = ["TensorBinding", "TensorRTEngine", "check_gpu", "check_version", "read_bindings", "version_triple"]
 
@@ -138,12 +137,14 @@ class TensorRTEngine(Engine):
                               f"use --batch-size {self.max_batch} or less, or build the plan with a larger profile")
         trt = optional_import("tensorrt", "tensorrt")
         check_version(self.metadata, str(trt.__version__), self.path)
-        check_gpu(self.metadata, *probe_gpu(requested.ordinal), requested, self.path)
+        gpu = gpu_info(requested.ordinal, extra="tensorrt")
+        check_gpu(self.metadata, gpu.name, gpu.capability, requested, self.path)
         self.precision = str(self.metadata["precision"])
         self.provider = f"TensorRT {trt.__version__}"
         self.device = f"cuda:{requested.ordinal}"
         self.batch_size = batch_size
-        self._ctx = self._logger = self._runtime = self._engine = self._context = self._stream = self._done = None
+        self._cuda: PrimaryContext | None = None
+        self._logger = self._runtime = self._engine = self._context = self._stream = self._done = None
         self._device_ptrs: dict[str, int] = {}
         self._host: dict[str, np.ndarray] = {}
         self._pinned: list[int] = []
@@ -153,15 +154,12 @@ class TensorRTEngine(Engine):
     # -- set-up --------------------------------------------------------------------------------
 
     def _open(self, trt: Any, ordinal: int, capacity: int) -> None:
-        cu = _cuda._driver()
-        self._dev = _cuda._init_driver(ordinal)
-        self._ctx = _cuda._check(cu.cuDevicePrimaryCtxRetain(self._dev), "cuDevicePrimaryCtxRetain")
+        self._cuda = PrimaryContext(ordinal)
         try:
             with self._active():
                 self._deserialize(trt)
-                self._stream = _cuda._check(cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING),
-                                            "cuStreamCreate")
-                self._done = _cuda._check(cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING), "cuEventCreate")
+                self._stream = mem.create_stream()
+                self._done = mem.create_event()
                 self._allocate(capacity)
         except BaseException:
             self._close()
@@ -198,7 +196,6 @@ class TensorRTEngine(Engine):
 
     def _allocate(self, capacity: int) -> None:
         """Device and pinned host buffers for ``capacity`` patches; binds every tensor's address."""
-        cu = _cuda._driver()
         _ok(self._context.set_input_shape(self._input.name, self._input_shape(capacity)),
             f"the input shape {self._input_shape(capacity)}")
         shapes = {self._input.name: self._input_shape(capacity)}
@@ -210,22 +207,19 @@ class TensorRTEngine(Engine):
         for binding in (self._input, *self._outputs):
             shape = shapes[binding.name]
             nbytes = math.prod(shape) * binding.dtype.itemsize
-            self._device_ptrs[binding.name] = int(_cuda._check(cu.cuMemAlloc(nbytes), "cuMemAlloc"))
-            self._host[binding.name] = self._pinned_array(nbytes, binding.dtype, shape)
+            self._device_ptrs[binding.name] = mem.malloc_device(nbytes)
+            ptr, array = mem.malloc_pinned(nbytes, binding.dtype)
+            self._pinned.append(ptr)
+            self._host[binding.name] = array.reshape(shape)
             _ok(self._context.set_tensor_address(binding.name, self._device_ptrs[binding.name]),
                 f"the address of {binding.name}")
         self._capacity = capacity
 
-    def _pinned_array(self, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        ptr = int(_cuda._check(_cuda._driver().cuMemHostAlloc(nbytes, 0), "cuMemHostAlloc"))
-        self._pinned.append(ptr)
-        return np.frombuffer((ctypes.c_uint8 * nbytes).from_address(ptr), dtype=dtype).reshape(shape)
-
     def _free_buffers(self) -> None:
-        cu = _cuda._driver()
+        cu = driver()
         if self._device_ptrs and self._stream is not None:
-            _cuda._check(cu.cuStreamSynchronize(self._stream), "cuStreamSynchronize")
-            _cuda._check(cu.cuCtxSynchronize(), "cuCtxSynchronize")  # run_device work on a caller's stream
+            mem.synchronize_stream(self._stream)
+            check(cu.cuCtxSynchronize(), "cuCtxSynchronize")  # run_device work on a caller's stream
         self._host = {}  # drop the views before the memory under them
         for ptr in self._device_ptrs.values():
             cu.cuMemFree(ptr)
@@ -236,12 +230,8 @@ class TensorRTEngine(Engine):
     @contextlib.contextmanager
     def _active(self) -> Iterator[None]:
         """Make the engine's (primary) CUDA context current on the calling thread for the block."""
-        cu = _cuda._driver()
-        _cuda._check(cu.cuCtxPushCurrent(self._ctx), "cuCtxPushCurrent")
-        try:
+        with self._cuda.active():
             yield
-        finally:
-            _cuda._check(cu.cuCtxPopCurrent(), "cuCtxPopCurrent")
 
     # -- running -------------------------------------------------------------------------------
 
@@ -257,22 +247,21 @@ class TensorRTEngine(Engine):
         _ok(self._context.execute_async_v3(int(stream)), "to enqueue the engine (execute_async_v3)")
 
     def _run(self, batch: np.ndarray) -> EngineOutput:
-        cu, n = _cuda._driver(), batch.shape[0]
+        n = batch.shape[0]
         with self._active():
             if n > self._capacity:
                 self._allocate(n)
             host_in = self._host[self._input.name]
             host_in[:n] = batch
             nbytes = batch.nbytes
-            _cuda._check(cu.cuMemcpyHtoDAsync(self._device_ptrs[self._input.name], host_in.ctypes.data, nbytes,
-                                              self._stream), "cuMemcpyHtoDAsync")
+            mem.copy_htod_async(self._device_ptrs[self._input.name], host_in.ctypes.data, nbytes, self._stream)
             self._enqueue(n, self._device_ptrs[self._input.name], self._stream)
             for binding in self._outputs:
                 host = self._host[binding.name]
-                _cuda._check(cu.cuMemcpyDtoHAsync(host.ctypes.data, self._device_ptrs[binding.name],
-                                                  host[:n].nbytes, self._stream), "cuMemcpyDtoHAsync")
-            _cuda._check(cu.cuEventRecord(self._done, self._stream), "cuEventRecord")
-            _cuda._check(cu.cuEventSynchronize(self._done), "cuEventSynchronize")
+                mem.copy_dtoh_async(host.ctypes.data, self._device_ptrs[binding.name], host[:n].nbytes,
+                                    self._stream)
+            mem.record_event(self._done, self._stream)
+            mem.synchronize_event(self._done)
             results = [self._host[b.name][:n].copy() for b in self._outputs]
         return EngineOutput(results[0], results[1] if len(results) > 1 else None)
 
@@ -298,10 +287,10 @@ class TensorRTEngine(Engine):
     # -- lifetime ------------------------------------------------------------------------------
 
     def _close(self) -> None:
-        if self._ctx is None:
+        if self._cuda is None:
             return
-        cu = _cuda._driver()
-        with contextlib.suppress(_cuda.CudaError), self._active():
+        cu = driver()
+        with contextlib.suppress(CudaError), self._active():
             self._free_buffers()
             if self._done is not None:
                 cu.cuEventDestroy(self._done)
@@ -312,5 +301,5 @@ class TensorRTEngine(Engine):
             self._engine = None
             self._runtime = self._logger = None
         self._done = self._stream = None
-        cu.cuDevicePrimaryCtxRelease(self._dev)
-        self._ctx = None
+        self._cuda.release()
+        self._cuda = None

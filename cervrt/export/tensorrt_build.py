@@ -20,13 +20,12 @@ one optimisation profile for the input: batch MIN/OPT/MAX at the checkpoint's pa
 cache beside the plan (loaded when present and valid, saved after the build) and, when asked, a
 workspace limit (``set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``).
 
-Before any work, ``require_tensorrt`` imports tensorrt and asks cuda-python for a GPU, so that a
+Before any work, ``require_tensorrt`` imports tensorrt and asks ``cervrt.cuda`` for a GPU, so that a
 machine without either fails at once with one line and writes nothing.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from cervrt._io import atomic_path, optional_import
-from cervrt.errors import CervrtError, MissingDependencyError
+from cervrt.cuda import NoDeviceError, gpu_info
+from cervrt.errors import CervrtError
 from cervrt.export.config import BatchProfile, EngineConfig, Precision, timing_cache_path
 
 __all__ = [
@@ -106,31 +106,14 @@ def profile_shapes(batch: BatchProfile, patch_size: int) -> dict[str, list[int]]
             (("min", batch.min), ("opt", batch.opt), ("max", batch.max))}
 
 
-def _cuda_runtime() -> Any:
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):  # cuda-python >= 12.6 / older releases
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise MissingDependencyError("cuda-python", "tensorrt")
-
-
 def probe_gpu(device: int = 0) -> tuple[str, str]:
-    """(name, compute capability) of a CUDA device; CervrtError naming why there is none."""
-    cudart = _cuda_runtime()
+    """(name, compute capability) of a CUDA device (``cervrt.cuda.gpu_info``); CervrtError naming why there is none."""
     hint = "TensorRT builds an engine on the GPU model that will run it: run this export on that machine"
     try:
-        err, count = cudart.cudaGetDeviceCount()
-    except Exception as exc:  # a missing driver library raises from inside cuda-python
-        raise CervrtError(f"no CUDA GPU is available ({type(exc).__name__}): {hint}") from None
-    if err != cudart.cudaError_t.cudaSuccess or not count:
-        reason = getattr(err, "name", str(err)) if err != cudart.cudaError_t.cudaSuccess else "no devices"
-        raise CervrtError(f"no CUDA GPU is available ({reason}): {hint}")
-    err, prop = cudart.cudaGetDeviceProperties(device)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise CervrtError(f"cannot query CUDA device {device} ({getattr(err, 'name', err)}): {hint}")
-    name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-    return name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}"
+        gpu = gpu_info(device, extra="tensorrt")
+    except NoDeviceError as exc:
+        raise CervrtError(f"no CUDA GPU is available ({exc.reason}): {hint}") from None
+    return gpu.name, gpu.capability
 
 
 def require_tensorrt() -> TensorRTEnv:

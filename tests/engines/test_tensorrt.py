@@ -9,29 +9,18 @@ import sys
 import numpy as np
 import pytest
 
-import cervrt.engines.tensorrt as trt_engine
 from cervrt.engines import open_engine
 from cervrt.engines.tensorrt import check_version, version_triple
 from cervrt.errors import CervrtError, MissingDependencyError
-from cervrt.runtime import cuda_fusion
-from tests.engines.fake_trt_runtime import (
-    GPU,
-    PATCH,
-    Driver,
-    make_fake_trt_runtime,
-    plan_metadata,
-    reference,
-    write_plan,
-)
+from tests.support.cuda_emulation import EmulatedDriver, emulated_cuda
+from tests.support.fake_trt_runtime import GPU, PATCH, make_fake_trt_runtime, plan_metadata, reference, write_plan
 
 
 @pytest.fixture
-def gpu(monkeypatch) -> Driver:
-    """The emulated CUDA driver in place of cuda-python's, and a fake GPU for probe_gpu."""
-    driver = Driver(pytest.importorskip("cuda.bindings.driver"))
-    monkeypatch.setattr(cuda_fusion, "_driver", lambda: driver)
-    monkeypatch.setattr(trt_engine, "probe_gpu", lambda ordinal=0: GPU)
-    return driver
+def gpu() -> EmulatedDriver:
+    """cervrt.cuda on the emulated CUDA driver, its one device the fake GPU the plans were built on."""
+    with emulated_cuda(pytest.importorskip("cuda.bindings.driver"), gpu=GPU) as driver:
+        yield driver
 
 
 def _install(monkeypatch, **kwargs):
@@ -98,8 +87,7 @@ def test_another_gpu_model_is_refused(tmp_path, monkeypatch, gpu, recorded):
 
 def test_the_gpu_of_cuda_n_is_the_one_probed(tmp_path, monkeypatch, gpu):
     _install(monkeypatch)
-    probed = []
-    monkeypatch.setattr(trt_engine, "probe_gpu", lambda ordinal=0: probed.append(ordinal) or GPU)
+    probed = gpu.names_asked
     with open_engine(write_plan(tmp_path, plan_metadata()), "cuda:0") as engine:
         assert engine.device == "cuda:0"
     assert probed == [0]
@@ -230,7 +218,7 @@ def test_real_plan_agrees_with_onnx_runtime(tmp_path, tiny_checkpoint):
         # TensorRT may use TF32 for FP32 layers on Ampere and newer: close, not identical.
         assert np.mean(out.probs.argmax(1) == expected.probs.argmax(1)) > 0.99
         np.testing.assert_allclose(out.probs, expected.probs, atol=1e-2)
-        from cervrt.runtime.cuda_fusion import CudaFusion
+        from cervrt.runtime.gpu import CudaFusion
 
         with CudaFusion(64, 5, batch_size=4, mean=engine.mean, std=engine.std) as gpu:  # the fusion path's call
             source = gpu.alloc(batch.nbytes)
@@ -243,14 +231,16 @@ def test_real_plan_agrees_with_onnx_runtime(tmp_path, tiny_checkpoint):
 
 
 def _cuda_copy_up(gpu, device_ptr, array):
-    from cervrt.runtime.cuda_fusion import _check, _driver
+    from cervrt.cuda import check as _check
+    from cervrt.cuda import driver as _driver
 
     with gpu.active():
         _check(_driver().cuMemcpyHtoD(device_ptr, array.ctypes.data, array.nbytes), "cuMemcpyHtoD")
 
 
 def _cuda_copy_down(gpu, array, device_ptr):
-    from cervrt.runtime.cuda_fusion import _check, _driver
+    from cervrt.cuda import check as _check
+    from cervrt.cuda import driver as _driver
 
     gpu.synchronize()
     with gpu.active():

@@ -24,8 +24,8 @@ from cervrt.export import (
     tensorrt_build,
 )
 from cervrt.export.parity import ort_session, require, run_session
-from tests.export.fake_tensorrt import make_fake_tensorrt
-from tests.export.onnx_graphs import segmentation_graph
+from tests.support.fake_tensorrt import make_fake_tensorrt
+from tests.support.onnx_graphs import segmentation_graph
 
 CLASSES = ["background", "normal", "CIN 1", "CIN 2", "CIN 3"]
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from cervrt import cuda
 from cervrt.errors import CervrtError, MissingDependencyError
 from cervrt.export import tensorrt_build
 from cervrt.export.config import BatchProfile, EngineConfig, Precision
 from cervrt.export.tensorrt_build import BuildRecipe, TensorRTEnv, build_engine, build_recipe, parse_version
-from tests.export.fake_tensorrt import make_fake_tensorrt
+from tests.support.fake_tensorrt import make_fake_tensorrt
 
 
 @pytest.mark.parametrize(
@@ -58,11 +59,8 @@ def test_missing_tensorrt_names_the_extra(monkeypatch):
 
 
 def test_missing_gpu_is_one_clear_line(monkeypatch):
-    pytest.importorskip("cuda.bindings.runtime")
-    from cuda.bindings import runtime
-
-    err, count = runtime.cudaGetDeviceCount()
-    if err == runtime.cudaError_t.cudaSuccess and count:
+    pytest.importorskip("cuda.bindings.driver")
+    if cuda.device_count()[0]:
         pytest.skip("this machine has a CUDA GPU")
     monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.13.3.9"))
     with pytest.raises(CervrtError, match=r"^no CUDA GPU is available \(\w+\): TensorRT builds an engine") as info:
@@ -71,8 +69,7 @@ def test_missing_gpu_is_one_clear_line(monkeypatch):
 
 
 def test_missing_cuda_python_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
-    monkeypatch.setitem(sys.modules, "cuda.cudart", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.driver", None)
     expected = r'cuda-python is not installed: run pip install "cervrt\[tensorrt\]"'
     with pytest.raises(MissingDependencyError, match=expected):
         tensorrt_build.probe_gpu()

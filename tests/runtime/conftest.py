@@ -1,5 +1,5 @@
 """Fixtures of the runtime tests: every fusion test runs on the C extension and on the numpy reference;
-``emulated`` puts cervrt's CUDA fusion on the host emulation of the driver."""
+``emulated`` puts cervrt.cuda (and so the GPU fusion) on the host emulation of the driver."""
 
 from __future__ import annotations
 
@@ -33,16 +33,15 @@ def numpy_backend() -> FusionBackend:
 
 
 @pytest.fixture
-def emulated(tmp_path, monkeypatch: pytest.MonkeyPatch):
-    """cuda_fusion's driver replaced by the host emulation (cuda_emulation.py), its kernels built for the host."""
+def emulated(tmp_path):
+    """cervrt.cuda on the host emulation of the driver (tests/support/cuda_emulation.py), the fusion
+    kernels built for the host."""
     real = pytest.importorskip("cuda.bindings.driver")
-    from cervrt.runtime import cuda_fusion
+    from cervrt.runtime.gpu import CSRC_DIR
+    from tests.support.cuda_emulation import build_host_kernels, emulated_cuda
 
-    from .cuda_emulation import EmulatedDriver, build_host_kernels
-
-    kernels = build_host_kernels(cuda_fusion.CSRC_DIR, tmp_path)
+    kernels = build_host_kernels(CSRC_DIR, tmp_path)
     if kernels is None:
         pytest.skip("no C++ compiler on PATH to build the kernels for the host")
-    driver = EmulatedDriver(real, kernels)
-    monkeypatch.setattr(cuda_fusion, "_driver", lambda: driver)
-    return driver
+    with emulated_cuda(real, kernels) as driver:
+        yield driver

@@ -9,9 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
+from cervrt import cuda
 from cervrt.errors import CervrtError
-from cervrt.runtime import cuda_fusion, reference
-from cervrt.runtime.cuda_fusion import (
+from cervrt.runtime import reference
+from cervrt.runtime.gpu import (
     KERNEL_NAMES,
     CudaFusion,
     accumulate_box,
@@ -19,6 +20,7 @@ from cervrt.runtime.cuda_fusion import (
     crop_patches,
     device_arch,
     nvcc_compile,
+    nvrtc_version,
 )
 from cervrt.runtime.stitcher import BandStitcher
 from cervrt.runtime.tiling import window_starts
@@ -28,7 +30,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def _nvrtc_or_skip() -> None:
     try:
-        cuda_fusion.nvrtc_version()
+        nvrtc_version()
     except CervrtError as exc:
         pytest.skip(f"NVRTC cannot be loaded: {exc}")
 
@@ -58,7 +60,7 @@ def test_nvrtc_picks_a_default_architecture_without_a_device() -> None:
 
 def test_nvrtc_reports_a_bad_architecture() -> None:
     _nvrtc_or_skip()
-    with pytest.raises(cuda_fusion.CudaError, match="compute_1"):
+    with pytest.raises(cuda.CudaError, match="compute_1"):
         compile_kernels("compute_10")
 
 
@@ -113,15 +115,15 @@ class ReplayEngine:
         self.inputs: list[np.ndarray] = []
 
     def __call__(self, inputs: int, indices: np.ndarray) -> int:
-        cu, check, n = cuda_fusion._driver(), cuda_fusion._check, len(indices)
+        cu, check, n = cuda.driver(), cuda.check, len(indices)
         with self.gpu.active():
             check(cu.cuMemcpyDtoHAsync(self.host_inputs.ctypes.data, inputs, self.host_inputs[:n].nbytes,
-                                       self.gpu._stream), "cuMemcpyDtoHAsync")
-            check(cu.cuStreamSynchronize(self.gpu._stream), "cuStreamSynchronize")
+                                       self.gpu.compute_stream), "cuMemcpyDtoHAsync")
+            check(cu.cuStreamSynchronize(self.gpu.compute_stream), "cuStreamSynchronize")
             self.inputs.append(self.host_inputs[:n].copy())
             self.host_probs[:n] = self.probs[indices]
             check(cu.cuMemcpyHtoDAsync(self.device, self.host_probs.ctypes.data, self.host_probs[:n].nbytes,
-                                       self.gpu._stream), "cuMemcpyHtoDAsync")
+                                       self.gpu.compute_stream), "cuMemcpyHtoDAsync")
         return self.device
 
 

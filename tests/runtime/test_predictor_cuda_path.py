@@ -1,4 +1,4 @@
-"""The Predictor's GPU path on the emulated CUDA driver (tests/runtime/cuda_emulation.py: the kernels
+"""The Predictor's GPU path on the emulated CUDA driver (tests/support/cuda_emulation.py: the kernels
 compiled for the host, device memory as guarded host memory) with a stand-in TensorRT engine whose
 ``run_device`` runs the tiny ONNX model on the host. No GPU runs here: this checks the path's host
 logic (which path is picked, batching per window row, staging from a slide band with its origin,
@@ -11,10 +11,11 @@ import shutil
 import numpy as np
 import pytest
 
+from cervrt import cuda
 from cervrt._cv import cv2
 from cervrt.engines import base
 from cervrt.engines.onnxruntime import OnnxRuntimeEngine
-from cervrt.runtime import cuda_fusion, cuda_path
+from cervrt.runtime import cuda_path
 from cervrt.runtime.predictor import FusionPath, Predictor
 from tests.runtime.tiny_model import MPP, save_tiny_model, tissue_image
 
@@ -22,7 +23,7 @@ from tests.runtime.tiny_model import MPP, save_tiny_model, tissue_image
 class _EmulatedPlan:
     """A TensorRT-like engine on "cuda:0": the ONNX engine on the host behind device pointers."""
 
-    kind, device, provider, thread_safe = "tensorrt", "cuda:0", "emulated", False
+    kind, device, provider, thread_safe, supports_device_io = "tensorrt", "cuda:0", "emulated", False, True
 
     def __init__(self, path, device, batch_size):
         self._inner = OnnxRuntimeEngine(path, "cpu")
@@ -34,14 +35,14 @@ class _EmulatedPlan:
         return getattr(self._inner, name)
 
     def _upload(self, array: np.ndarray) -> int:
-        cu = cuda_fusion._driver()
+        cu = cuda.driver()
         _, pointer = cu.cuMemAlloc(array.nbytes)
         cu.cuMemcpyHtoDAsync(pointer, array.ctypes.data, array.nbytes, 0)
         self._buffers.append(pointer)
         return pointer
 
     def run_device(self, input_ptr: int, n: int, stream: int):
-        cu = cuda_fusion._driver()
+        cu = cuda.driver()
         p = self.patch_size
         batch = np.empty((n, 3, p, p), np.float32)
         cu.cuMemcpyDtoHAsync(batch.ctypes.data, int(input_ptr), batch.nbytes, stream)
@@ -53,7 +54,7 @@ class _EmulatedPlan:
 
     def _release(self):
         for pointer in self._buffers:
-            cuda_fusion._driver().cuMemFree(pointer)
+            cuda.driver().cuMemFree(pointer)
         self._buffers = []
 
     def close(self):

@@ -1,5 +1,9 @@
 """Run cervrt's CUDA path on the host, for tests on machines without a GPU.
 
+``emulated_cuda(...)`` is the one place an emulated driver goes in: it routes ``cervrt.cuda.driver()``
+(and so the fusion, the TensorRT engine and the builder's probe) to an ``EmulatedDriver`` for the
+block, through the public seam ``cervrt.cuda.use_driver``.
+
 ``build_host_kernels`` compiles ``fusion_kernels.cu`` with the host C++ compiler through a shim that
 makes ``__global__`` functions plain functions run by a single thread (every kernel is a grid-stride
 loop, so one thread does all the work). ``EmulatedDriver`` stands in for ``cuda.bindings.driver``:
@@ -11,13 +15,17 @@ What this cannot check: real asynchrony, the primary context, and device executi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cervrt.cuda import use_driver
 
 SHIM = """
 #define __global__
@@ -67,15 +75,19 @@ class Handle:
 
 
 class EmulatedDriver:
-    """The subset of ``cuda.bindings.driver`` that cervrt.runtime.cuda_fusion uses, on the host."""
+    """The subset of ``cuda.bindings.driver`` that cervrt.cuda's users call, on the host: one device
+    named ``gpu[0]`` of compute capability ``gpu[1]``; ``kernels`` (from build_host_kernels) or None."""
 
-    def __init__(self, real_driver: Any, kernels: ctypes.CDLL) -> None:
+    def __init__(self, real_driver: Any, kernels: ctypes.CDLL | None = None,
+                 gpu: tuple[str, str] = ("Emulated GPU", "7.5")) -> None:
         self.CUresult = real_driver.CUresult
         self.CUstream_flags = real_driver.CUstream_flags
         self.CUevent_flags = real_driver.CUevent_flags
         self.CUdevice_attribute = real_driver.CUdevice_attribute
         self._ok = real_driver.CUresult.CUDA_SUCCESS
         self._kernels = kernels
+        self.gpu_name, self.capability = gpu
+        self.names_asked: list[int] = []  # the devices whose name was asked (cuDeviceGetName)
         self.buffers: dict[int, np.ndarray] = {}  # address -> buffer (with guard bytes after it)
         self.sizes: dict[int, int] = {}
         self.context_depth = 0
@@ -171,7 +183,12 @@ class EmulatedDriver:
         return self._ok, ordinal
 
     def cuDeviceGetAttribute(self, attribute: Any, device: Any) -> tuple[Any, int]:
-        return self._ok, 7 if "MAJOR" in str(attribute) else 5
+        major, minor = (int(v) for v in self.capability.split("."))
+        return self._ok, major if "MAJOR" in str(attribute) else minor
+
+    def cuDeviceGetName(self, length: int, device: Any) -> tuple[Any, bytes]:
+        self.names_asked.append(int(device))
+        return self._ok, self.gpu_name.encode()[:length]
 
     def cuDevicePrimaryCtxRetain(self, device: Any) -> tuple[Any, str]:
         return self._ok, "context"
@@ -197,8 +214,16 @@ class EmulatedDriver:
     def _nothing(self, *args: Any) -> tuple[Any]:
         return (self._ok,)
 
-    cuStreamDestroy = cuStreamSynchronize = cuStreamWaitEvent = _nothing
+    cuStreamDestroy = cuStreamSynchronize = cuStreamWaitEvent = cuCtxSynchronize = _nothing
     cuEventRecord = cuEventSynchronize = cuEventDestroy = _nothing
 
     def cuGetErrorName(self, err: Any) -> tuple[Any, bytes]:
         return self._ok, str(err).encode()
+
+
+@contextlib.contextmanager
+def emulated_cuda(real_driver: Any, kernels: ctypes.CDLL | None = None,
+                  gpu: tuple[str, str] = ("Emulated GPU", "7.5")) -> Iterator[EmulatedDriver]:
+    """cervrt.cuda on an EmulatedDriver for the block (``real_driver`` lends its enums)."""
+    with use_driver(EmulatedDriver(real_driver, kernels, gpu)) as driver:
+        yield driver

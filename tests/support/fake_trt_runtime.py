@@ -3,7 +3,7 @@ description, for testing cervrt's TensorRT engine without TensorRT or a GPU.
 
 The fake engine "runs" on the host: ``execute_async_v3`` reads the input at the address bound with
 ``set_tensor_address`` (host memory handed out by the emulated CUDA driver of
-``tests/runtime/cuda_emulation.py``) and writes a known function of it to the output addresses:
+``tests/support/cuda_emulation.py``) and writes a known function of it to the output addresses:
 ``probs = softmax_c(sum_k W[c, k] x[k])`` per pixel and ``class_probs = sigmoid(V @ mean_xy(x))``.
 It asserts what TensorRT documents: shapes within the profile, every I/O address set, only known
 tensor names. It cannot tell whether real TensorRT would accept the plan.
@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from tests.runtime.cuda_emulation import EmulatedDriver
 
 NUM_CLASSES = 5
 PATCH = 32
@@ -60,16 +58,6 @@ def write_plan(directory: Path, metadata: dict[str, Any] | None = None, *, plan:
     if metadata is not None:
         path.with_name(name + ".json").write_text(json.dumps(metadata))
     return path
-
-
-class Driver(EmulatedDriver):
-    """The host-emulated CUDA driver plus the calls the TensorRT engine makes beyond the fusion's."""
-
-    def __init__(self, real_driver: Any) -> None:
-        super().__init__(real_driver, kernels=None)
-
-    def cuCtxSynchronize(self) -> tuple[Any]:
-        return (self._ok,)
 
 
 def _view(address: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
