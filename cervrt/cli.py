@@ -378,11 +378,14 @@ def infer(slides: tuple[str, ...], model: str, out: str, stride: int | None, ble
 
     A bad slide is reported in one line and the others still run; the exit code is 1 if any failed.
     """
-    from cervrt.runtime.infer import InferOptions, infer_slides
+    from cervrt.runtime.config import PredictorConfig
+    from cervrt.runtime.infer import infer_slides
+    from cervrt.runtime.runner import OutputOptions
 
-    options = InferOptions(device=device, batch_size=batch_size, stride=stride, blend=blend,
-                           tissue_threshold=tissue_threshold, mpp=mpp, fmt=fmt, geojson=geojson)
-    summary = infer_slides(model, slides, out, options, echo=click.echo, error=lambda line: click.echo(line, err=True))
+    config = PredictorConfig(device=device, batch_size=batch_size, stride=stride, blend=blend,
+                             tissue_threshold=tissue_threshold, mpp=mpp)
+    summary = infer_slides(model, slides, out, config, OutputOptions(fmt=fmt, geojson=geojson), echo=click.echo,
+                           error=lambda line: click.echo(line, err=True))
     if summary.failed:
         sys.exit(1)
 

@@ -49,11 +49,12 @@ def demo_inference(model: str | Path, root: Path, seed: int = 0, stride: int | N
     runs 16 times as many patches, minutes on a laptop CPU).
     """
     from cervrt.artifact import read_metadata
-    from cervrt.runtime.infer import InferOptions, infer_slides
+    from cervrt.runtime.config import PredictorConfig
+    from cervrt.runtime.infer import infer_slides
 
     slide, truth = _write_slide(root / "slide", seed)
     stride = stride or int(read_metadata(model)["patch_size"])
-    summary = infer_slides(model, [slide], root, InferOptions(device="auto", stride=stride),
+    summary = infer_slides(model, [slide], root, PredictorConfig(device="auto", stride=stride),
                            echo=lambda line: echo("  " + line), error=echo)
     if summary.failed:
         raise _failure(summary)

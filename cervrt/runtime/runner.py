@@ -1,0 +1,147 @@
+"""The many-slide loop: plan the jobs, run each slide, collect results and failures, in one place.
+
+``SlideRunner.run(model, slides, out, config, outputs)`` checks its inputs (slides given, the output
+directory writable) before any slide is read, hands the jobs to ``_run_jobs`` and turns what comes
+back into an ``InferSummary``: a line per finished slide (``echo``), a line per failure (``error``).
+One bad slide does not stop the others. ``SerialRunner`` (what ``cervrt infer`` uses) runs the jobs
+one after the other through one Predictor; a distributed runner (Ray, say) implements ``_run_jobs``
+with workers that each open the model and yields the outcomes as they arrive.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cervrt._io import ensure_writable_dir
+from cervrt.errors import CervrtError
+from cervrt.runtime.config import PredictorConfig
+
+__all__ = [
+    "InferSummary",
+    "OutputOptions",
+    "SerialRunner",
+    "SlideJob",
+    "SlideOutcome",
+    "SlideRunner",
+    "plan_jobs",
+    "summary_line",
+]
+
+#: ``progress(done, total)`` with a ``close()``, made per slide name.
+ProgressFactory = Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What each slide run writes beside the overlay and the JSON report: the mask format and GeoJSON."""
+
+    fmt: str = "png"
+    geojson: bool = False
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide to segment into ``out_dir``."""
+
+    slide: Path
+    out_dir: Path
+
+
+@dataclass(frozen=True)
+class SlideOutcome:
+    """What became of a job: its SlideResult, or the reason it failed in one line."""
+
+    job: SlideJob
+    result: Any = None
+    message: str = ""
+
+
+@dataclass
+class InferSummary:
+    """The reports of the slides that ran, and ``(slide, message)`` for those that failed."""
+
+    results: list[Any] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def summary_line(result: Any) -> str:
+    """One line about a finished slide."""
+    r = result.report
+    patches = r["patches"]
+    head = f"{result.name}: {r['width']}x{r['height']} px, {patches['run']} patches run, {patches['skipped']} skipped"
+    if r["no_tissue"]:
+        verdict = "no tissue found: the mask is all background"
+    else:
+        verdict = f"worst grade {r['worst_grade'] or 'none (all background)'}"
+    rate, mpx = r["patches_per_s"] or 0.0, r["mpx_per_s"] or 0.0
+    speed = f"{r['seconds']['total']:.1f} s ({rate:.1f} patches/s, {mpx:.2f} Mpx/s)"
+    return f"{head}; {verdict}; {speed} -> {result.paths['mask']}"
+
+
+def plan_jobs(slides: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> list[SlideJob]:
+    """A job per slide into ``out`` (created); CervrtError for no slides or an unwritable ``out``."""
+    if not slides:
+        raise CervrtError("no slides given: pass one or more slide paths")
+    out_dir = ensure_writable_dir(out)
+    return [SlideJob(Path(slide), out_dir) for slide in slides]
+
+
+def run_job(predictor: Any, job: SlideJob, outputs: OutputOptions, progress: Any = None) -> SlideOutcome:
+    """Run one job with an open Predictor; a CervrtError or OSError becomes the outcome's message."""
+    try:
+        result = predictor.predict_slide(job.slide, job.out_dir, fmt=outputs.fmt, geojson=outputs.geojson,
+                                         progress=progress)
+        return SlideOutcome(job, result)
+    except CervrtError as exc:
+        return SlideOutcome(job, message=str(exc))
+    except OSError as exc:  # e.g. the disk filled up while writing
+        return SlideOutcome(job, message=f"{type(exc).__name__}: {exc}")
+
+
+class SlideRunner(abc.ABC):
+    """Runs many slides: ``run`` checks and reports, ``_run_jobs`` does the work (serially, or not)."""
+
+    def run(self, model: str | os.PathLike[str], slides: Sequence[str | os.PathLike[str]],
+            out: str | os.PathLike[str], config: PredictorConfig | None = None,
+            outputs: OutputOptions = OutputOptions(), echo: Callable[[str], None] = print,
+            error: Callable[[str], None] = print) -> InferSummary:
+        """Segment ``slides`` with ``model`` into ``out``: ``echo`` a line per slide, ``error`` one per failure."""
+        jobs = plan_jobs(slides, out)
+        summary = InferSummary()
+        for outcome in self._run_jobs(model, jobs, config or PredictorConfig(), outputs):
+            if outcome.result is None:
+                summary.failed.append((str(outcome.job.slide), outcome.message))
+                error(f"error: {outcome.job.slide}: {outcome.message}")
+            else:
+                summary.results.append(outcome.result)
+                echo(summary_line(outcome.result))
+        return summary
+
+    @abc.abstractmethod
+    def _run_jobs(self, model: str | os.PathLike[str], jobs: Iterable[SlideJob], config: PredictorConfig,
+                  outputs: OutputOptions) -> Iterator[SlideOutcome]:
+        """Yield an outcome per job (in any order); a problem with the model raises before the first."""
+
+
+class SerialRunner(SlideRunner):
+    """One Predictor, the slides one after the other; ``progress(name)`` makes each slide's progress callback."""
+
+    def __init__(self, progress: ProgressFactory | None = None) -> None:
+        self._progress = progress
+
+    def _run_jobs(self, model: str | os.PathLike[str], jobs: Iterable[SlideJob], config: PredictorConfig,
+                  outputs: OutputOptions) -> Iterator[SlideOutcome]:
+        from cervrt.runtime.predictor import Predictor
+
+        with Predictor(model, config) as predictor:
+            for job in jobs:
+                progress = self._progress(job.slide.name) if self._progress else None
+                try:
+                    yield run_job(predictor, job, outputs, progress)
+                finally:
+                    getattr(progress, "close", lambda: None)()
