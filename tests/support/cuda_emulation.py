@@ -218,7 +218,7 @@ class EmulatedDriver:
     cuEventRecord = cuEventSynchronize = cuEventDestroy = _nothing
 
     def cuGetErrorName(self, err: Any) -> tuple[Any, bytes]:
-        return self._ok, str(err).encode()
+        return self._ok, getattr(err, "name", str(err)).encode()  # as the driver: b"CUDA_ERROR_..."
 
 
 @contextlib.contextmanager
