@@ -1,6 +1,7 @@
 """TensorRT engine for cervrt plans (``X.plan`` with its description ``X.plan.json``).
 
-Status: written against the documented TensorRT 10/11 Python API and cuda-python's driver API; no GPU
+Status: written against the documented TensorRT 10/11 Python API and cuda-python's driver API (through
+``cervrt.cuda``: the device probe, the primary context, buffers, the stream and the event); no GPU
 or TensorRT on the machine it was written on, so it is compiled, unexecuted code until the test marked
 ``tensorrt`` runs on a GPU. Its refusals, binding, shape and batch logic run in the tests against a
 fake ``tensorrt`` module and cervrt's host emulation of the CUDA driver.
@@ -18,7 +19,8 @@ that order, after the stream has drained.
 
 Refusals, each one line and, where possible, before touching the GPU: a plan without its ``.json``
 (``read_plan_metadata``); ``cpu`` as the device; no ``tensorrt`` package (``MissingDependencyError``);
-a TensorRT other than the one recorded at build time (major.minor.patch); a GPU whose name or compute
+a TensorRT other than the one recorded at build time (major.minor.patch); no CUDA device
+(``cervrt.cuda.NoDeviceError``, "no CUDA device: ..."); a GPU whose name or compute
 capability differs from the recorded one (plans only run on the GPU model they were built for); a
 batch size above the plan's optimisation profile.
 

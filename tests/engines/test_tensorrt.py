@@ -67,6 +67,17 @@ def test_another_tensorrt_version_is_refused(tmp_path, monkeypatch, gpu, install
     assert gpu.buffers == {} and gpu.context_depth == 0
 
 
+def test_without_a_gpu_the_plan_is_refused_in_one_line(tmp_path, monkeypatch):
+    from cervrt import cuda
+
+    pytest.importorskip("cuda.bindings.driver")
+    if cuda.device_count()[0]:
+        pytest.skip("this machine has a CUDA GPU")
+    _install(monkeypatch)
+    with pytest.raises(cuda.NoDeviceError, match=r"^no CUDA device: [^\n]*$"):
+        open_engine(write_plan(tmp_path, plan_metadata()))
+
+
 def test_version_triples():
     assert version_triple("10.13.3.9") == (10, 13, 3) and version_triple("11.0.0+cuda13") == (11, 0, 0)
     check_version({"tensorrt_version": "10.13.3.9"}, "10.13.3.1", "m.plan")  # another build number is fine
