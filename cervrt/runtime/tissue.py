@@ -1,10 +1,9 @@
 """Tissue detection at low resolution, so that glass is never sent to the engine.
 
 H&E-stained tissue is coloured and glass is grey-white, so the mask is a threshold on the HSV
-saturation of a thumbnail: Otsu's threshold between the two populations, but never below
-:data:`SATURATION_FLOOR` (about 8% saturation), so that a blank glass slide, whose saturation is all
-noise, yields no tissue instead of half of its noise. A morphological closing then opening (5x5
-ellipse) fills pinholes and drops specks of dust. The tissue share of a window is read from an
+saturation of a thumbnail: the ``otsu_saturation`` strategy of :mod:`cervrt.glass`, Otsu's
+threshold between the two populations, but never below :data:`SATURATION_FLOOR` (about 8%
+saturation), then a 5x5 closing and opening. The tissue share of a window is read from an
 integral image of the mask in O(1) per window.
 """
 
@@ -14,26 +13,19 @@ import numpy as np
 
 from cervrt._cv import cv2
 from cervrt.errors import CervrtError
+from cervrt.glass import OtsuSaturation
 from cervrt.runtime.slides import Slide
 
 __all__ = ["SATURATION_FLOOR", "TissueMap", "tissue_mask"]
 
 #: Lowest saturation threshold (0..255): glass, however noisy, stays below it.
 SATURATION_FLOOR = 20
-_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+_DETECTOR = OtsuSaturation(floor=SATURATION_FLOOR)
 
 
 def tissue_mask(rgb: np.ndarray) -> tuple[np.ndarray, int]:
     """The tissue mask (bool, H x W) of an RGB uint8 thumbnail and the saturation threshold used."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise CervrtError(f"tissue detection needs an RGB uint8 image (H, W, 3), got {rgb.dtype} {rgb.shape}")
-    saturation = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1], (3, 3), 0)
-    otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    threshold = max(int(otsu), SATURATION_FLOOR)
-    mask = (saturation > threshold).astype(np.uint8)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _KERNEL)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _KERNEL)
-    return mask.astype(bool), threshold
+    return _DETECTOR.tissue(rgb)
 
 
 class TissueMap:

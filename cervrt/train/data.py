@@ -45,6 +45,7 @@ __all__ = [
     "read_mask",
     "read_weak_labels",
     "split_regions",
+    "window_sums",
 ]
 
 #: Image file types read from ``images/`` (masks are always PNG).
@@ -162,7 +163,7 @@ def load_region(region: Region) -> tuple[np.ndarray, np.ndarray]:
 # --- patches ----------------------------------------------------------------------------------
 
 
-def _window_sums(binary: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: int) -> np.ndarray:
+def window_sums(binary: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: int) -> np.ndarray:
     """Pixel counts of ``binary`` in every window (rows ys x columns xs) from cumulative sums: down
     the columns over the whole array, then along the rows of the window strips only. The part of
     a window beyond the array counts as 0 (padding)."""
@@ -204,7 +205,7 @@ def extract_patches(
     _check_fraction("min_foreground", min_foreground)
     ys = np.array(window_starts(mask.shape[0], patch, stride))
     xs = np.array(window_starts(mask.shape[1], patch, stride))
-    counts = np.stack([_window_sums(mask == c, ys, xs, patch) for c in _FOREGROUND])
+    counts = np.stack([window_sums(mask == c, ys, xs, patch) for c in _FOREGROUND])
     foreground = counts.sum(axis=0)
     label = np.where(foreground > 0, len(_FOREGROUND) - np.argmax(counts[::-1], axis=0), 0)
     keep = foreground >= min_foreground * patch * patch - 1e-9

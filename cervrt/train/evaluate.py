@@ -21,9 +21,9 @@ from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD
 from cervrt.metrics import MetricAccumulator, format_metrics_table
 from cervrt.runtime.tiling import BlendMode, blend_weights, window_starts
 from cervrt.train.data import pad_to_patch
+from cervrt.train.tensors import resolve_device, to_model_input
 
-__all__ = ["SlidingWindow", "evaluate_checkpoint", "evaluate_regions", "predict_region", "predict_region_proba",
-           "to_model_input"]
+__all__ = ["SlidingWindow", "evaluate_checkpoint", "evaluate_regions", "predict_region", "predict_region_proba"]
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,6 @@ def _windows(height: int, width: int, sw: SlidingWindow) -> list[tuple[int, int]
 def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def to_model_input(patches: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                   device: torch.device | str) -> torch.Tensor:
-    """uint8 (N, P, P, 3) RGB patches -> float32 (N, 3, P, P) on ``device``, ``(v / 255 - mean) / std``:
-    the normalisation every torch-side consumer of patches uses (the runtime's is the C ``gather``)."""
-    x = torch.from_numpy(np.ascontiguousarray(patches)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
 
 
 def _to_tensor(image: np.ndarray, corners: list[tuple[int, int]], sw: SlidingWindow,
@@ -121,7 +111,6 @@ def evaluate_checkpoint(model_path: str | os.PathLike[str], data: str | os.PathL
     """
     from cervrt.checkpoint import load_checkpoint, model_from_checkpoint
     from cervrt.train.data import list_regions, load_region
-    from cervrt.train.loop import resolve_device
 
     ckpt = load_checkpoint(model_path)
     patch = int(ckpt["patch_size"])

@@ -42,8 +42,9 @@ from cervrt.train.stages import (
     stage_out,
     train_mode,
 )
+from cervrt.train.tensors import resolve_device
 
-__all__ = ["TrainConfig", "TrainHooks", "TrainResult", "resolve_device", "train"]
+__all__ = ["TrainConfig", "TrainHooks", "TrainResult", "train"]
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,8 @@ class TrainConfig:
             raise CervrtError(f"cls-epochs must be at least 1, got {self.cls_epochs}")
         plan_stages(self.arch, self.pseudo_labels, self.cls_epochs)
         if self.pseudo_labels and not self.weak_data:
-            raise CervrtError("--pseudo-labels needs --weak-data DIR, the directory whose images/ the patches "
-                              "come from")
+            raise CervrtError("pseudo_labels needs weak_data, the directory whose images/ the pseudo-labelled "
+                              "patches come from")
 
 
 @dataclass(frozen=True)
@@ -123,18 +124,6 @@ class TrainResult:
     val_regions: int
     stopped: bool = False
     score_key: str = "dice"  # the metric best.pt was chosen by
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; an unavailable device is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CervrtError(f"device {name!r} asked for but no CUDA GPU is available to torch: use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CervrtError(f"unknown device {name!r}: use auto, cpu or cuda[:N]") from None
 
 
 def _arch_kwargs(config: TrainConfig) -> dict[str, Any]:

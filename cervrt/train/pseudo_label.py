@@ -39,6 +39,7 @@ from tqdm import tqdm
 from cervrt._io import atomic_path, ensure_writable_dir, write_json
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD, PATCH_STRIDE
 from cervrt.errors import CervrtError
+from cervrt.glass import glass_strategy
 from cervrt.runtime.tiling import check_tiling, window_starts
 from cervrt.train.data import (
     Patch,
@@ -49,6 +50,7 @@ from cervrt.train.data import (
     read_image,
     read_mask,
     read_weak_labels,
+    window_sums,
 )
 
 __all__ = [
@@ -69,8 +71,7 @@ __all__ = [
 
 CSV_HEADER = ("slide", "y", "x", "size", "pseudo_label", "confidence")
 _CLASSES = (1, 2, 3, 4)
-_GLASS_MIN = 215  # a pixel whose darkest channel is at least this ...
-_GLASS_SATURATION = 25  # ... and whose max - min is at most this is white glass
+_GLASS = glass_strategy("near_white")  # darkest channel >= 215 and max - min <= 25: white glass
 _UNKNOWN_MASK = 255
 
 
@@ -218,12 +219,11 @@ def weak_images(weak_data: str | os.PathLike[str], names: Iterable[str]) -> dict
 
 
 def tissue_fraction(image: np.ndarray, corners: np.ndarray, patch: int) -> np.ndarray:
-    """Share of non-glass pixels in each window: glass is near-white and unsaturated."""
-    from cervrt.train.data import _window_sums
-
-    glass = (image.min(axis=2) >= _GLASS_MIN) & (image.max(axis=2) - image.min(axis=2) <= _GLASS_SATURATION)
+    """Share of non-glass pixels in each window: glass is near-white and unsaturated (the ``near_white``
+    strategy of :mod:`cervrt.glass`)."""
+    glass = _GLASS.glass(image)
     ys, xs = np.unique(corners[:, 0]), np.unique(corners[:, 1])
-    sums = _window_sums(~glass, ys, xs, patch)
+    sums = window_sums(~glass, ys, xs, patch)
     return sums[np.searchsorted(ys, corners[:, 0]), np.searchsorted(xs, corners[:, 1])] / float(patch * patch)
 
 
@@ -234,7 +234,7 @@ class _Scorer:
         import torch
 
         from cervrt.checkpoint import model_from_checkpoint
-        from cervrt.train.loop import resolve_device
+        from cervrt.train.tensors import resolve_device
 
         self.torch, self.device, self.batch_size = torch, resolve_device(device), batch_size
         self.model = model_from_checkpoint(checkpoint).to(self.device)
@@ -242,7 +242,7 @@ class _Scorer:
         self.std = checkpoint.get("std", IMAGENET_STD)
 
     def __call__(self, image: np.ndarray, corners: np.ndarray, patch: int) -> np.ndarray:
-        from cervrt.train.evaluate import to_model_input
+        from cervrt.train.tensors import to_model_input
 
         torch, out = self.torch, []
         with torch.no_grad():

@@ -138,15 +138,14 @@ class MixedPatchDataset(ConcatDataset):
 
 
 def stage_dataset(stage: Stage, regions: Sequence[Region], config: Any) -> PatchDataset:
-    """The training patches of a stage: S0 of ``regions``, plus S_p in ``classify`` with pseudo-labels."""
+    """The training patches of a stage: S0 of ``regions``, plus S_p in ``classify`` with pseudo-labels
+    (``config.weak_data`` set: ``TrainConfig.check`` makes sure)."""
     s0 = PatchDataset(regions, patch=config.patch_size, stride=config.stride, min_foreground=config.min_foreground,
                       augment=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=config.seed)
     if stage is not Stage.CLASSIFY or config.pseudo_labels is None:
         return s0
     from cervrt.train.pseudo_label import PseudoPatchDataset
 
-    if config.weak_data is None:
-        raise CervrtError("--pseudo-labels needs --weak-data DIR, the directory whose images/ the patches come from")
     sp = PseudoPatchDataset(config.pseudo_labels, config.weak_data, patch=config.patch_size, augment=True,
                             seed=config.seed)
     return MixedPatchDataset([s0, sp])

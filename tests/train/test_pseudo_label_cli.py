@@ -24,7 +24,7 @@ _REQUIRED = ["--weak-data", "weak", "--labels", "labels.csv", "--out", "out"]
         (["train", "--data", "d", "--out", "run", "--arch", "hspnet", "--pseudo-labels", "p.csv"],
          "hspnet has no patch classifier"),
         (["train", "--data", "d", "--out", "run", "--arch", "ensemble_a", "--pseudo-labels", "p.csv"],
-         "--pseudo-labels needs --weak-data DIR"),
+         "pseudo_labels needs weak_data"),
         (["train", "--data", "d", "--out", "run", "--arch", "classifier", "--cls-epochs", "2"],
          "use --epochs for a classifier"),
     ],

@@ -11,14 +11,15 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from cervrt.checkpoint import build_checkpoint, describe, load_checkpoint, model_from_checkpoint
+from cervrt.checkpoint import build_checkpoint, describe, load_checkpoint
 from cervrt.cli import cli
 from cervrt.errors import CervrtError
-from cervrt.models import create_model
+from cervrt.glass import GlassThreshold
+from cervrt.models import create_model, model_from_checkpoint
 from cervrt.models.wsss import PDASchedule, WSSSClassifier, apply_gate, dropout_attention
 from cervrt.train.wsss import MultiLayerPseudoLoss, grad_cams, pseudo_mask
 from cervrt.train.wsss.cam import normalise_cams
-from cervrt.train.wsss.data import GlassThreshold, patch_labels
+from cervrt.train.wsss.data import patch_labels
 
 # --- progressive dropout attention --------------------------------------------------------------
 
@@ -118,7 +119,7 @@ def test_patch_labels_need_a_minimum_share():
 
 def test_glass_is_bright_and_unsaturated():
     rgb = np.array([[[240, 240, 238], [235, 180, 210], [120, 80, 150], [205, 205, 205]]], np.uint8)
-    assert GlassThreshold().mask(rgb).tolist() == [[True, False, False, True]]
+    assert GlassThreshold().glass(rgb).tolist() == [[True, False, False, True]]
 
 
 # --- phase 2 loss and the gate ------------------------------------------------------------------

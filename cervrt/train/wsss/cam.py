@@ -30,14 +30,14 @@ from cervrt._io import ensure_writable_dir, write_json
 from cervrt.checkpoint import file_sha256, load_checkpoint
 from cervrt.constants import NUM_CLASSES
 from cervrt.errors import CervrtError
+from cervrt.glass import GlassThreshold
 from cervrt.imageio import write_png
 from cervrt.metrics import MetricAccumulator
 from cervrt.models.wsss import CAM_LAYERS
 from cervrt.train.data import read_mask
-from cervrt.train.evaluate import to_model_input
-from cervrt.train.loop import resolve_device
+from cervrt.train.tensors import resolve_device, to_model_input
 from cervrt.train.wsss.classify import classifier_from_checkpoint
-from cervrt.train.wsss.data import FUSED_DIR, MASK_DIRS, GlassThreshold, WeakSource, load_weak_source
+from cervrt.train.wsss.data import FUSED_DIR, MASK_DIRS, WeakSource, load_weak_source
 
 __all__ = ["LAYER_WEIGHTS", "PseudoMaskConfig", "generate_pseudo_masks", "grad_cams", "normalise_cams",
            "pseudo_mask"]
@@ -180,7 +180,7 @@ def generate_pseudo_masks(config: PseudoMaskConfig, log: Callable[[str], None] =
             layer_scores = generator.scores(patches)
             for j, sample in enumerate(batch):
                 _write_sample(out, source.name(sample), patches[j], [s[j] for s in layer_scores], sample.labels,
-                              config.glass.mask(patches[j]), config.bg_threshold)
+                              config.glass.glass(patches[j]), config.bg_threshold)
             bar.update(len(batch))
     summary = {"classifier": str(config.classifier), "classifier_sha256": file_sha256(config.classifier),
                "data": str(config.data), "labels": config.labels, "patches": len(source.samples),

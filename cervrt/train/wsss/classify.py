@@ -26,10 +26,11 @@ from cervrt._io import ensure_writable_dir, write_json
 from cervrt.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from cervrt.constants import MIN_FOREGROUND, MTCHI_MPP, PATCH_SIZE, PATCH_STRIDE
 from cervrt.errors import CervrtError
+from cervrt.glass import GlassThreshold
 from cervrt.models import load_encoder_weights
 from cervrt.models.wsss import PDASchedule, WSSSClassifier
-from cervrt.train.loop import resolve_device
-from cervrt.train.wsss.data import ClassificationDataset, GlassThreshold, load_weak_source
+from cervrt.train.tensors import resolve_device
+from cervrt.train.wsss.data import ClassificationDataset, load_weak_source
 
 __all__ = ["CLASSIFIER_ARCH", "ClassifierConfig", "classifier_from_checkpoint", "train_classifier"]
 

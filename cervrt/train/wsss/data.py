@@ -26,6 +26,7 @@ import numpy as np
 
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
 from cervrt.errors import CervrtError
+from cervrt.glass import GlassThreshold
 from cervrt.runtime.tiling import check_tiling, window_starts
 from cervrt.train.data import (
     Region,
@@ -42,7 +43,6 @@ __all__ = [
     "FUSED_DIR",
     "MASK_DIRS",
     "ClassificationDataset",
-    "GlassThreshold",
     "PseudoMaskDataset",
     "WeakSample",
     "WeakSource",
@@ -54,22 +54,7 @@ __all__ = [
 MASK_DIRS: dict[str, str] = {"layer2": "masks_layer2", "layer3": "masks_layer3", "layer4": "masks"}
 FUSED_DIR = "masks_fused"
 _FOREGROUND = NUM_CLASSES - 1
-
-
-@dataclass(frozen=True)
-class GlassThreshold:
-    """Glass (slide background): pixels whose RGB mean is at least ``brightness`` and whose HSV
-    saturation, (max - min) / max, is at most ``saturation``."""
-
-    brightness: float = 200.0
-    saturation: float = 0.12
-
-    def mask(self, rgb: np.ndarray) -> np.ndarray:
-        """Boolean (H, W): True on glass."""
-        pixels = rgb.astype(np.float32)
-        high, low = pixels.max(axis=2), pixels.min(axis=2)
-        saturation = (high - low) / np.maximum(high, 1.0)
-        return (pixels.mean(axis=2) >= self.brightness) & (saturation <= self.saturation)
+_GLASS = GlassThreshold()  # the default glass of the weak regions
 
 
 @dataclass(frozen=True)
@@ -144,7 +129,7 @@ def _from_csv(root: str, csv_path: str, patch: int, stride: int, min_tissue: flo
     source = WeakSource(regions, [], [], [], patch)
     for index, region in enumerate(regions):
         image = pad_to_patch(read_image(region.image_path), patch, 255)
-        tissue = ~glass.mask(image)
+        tissue = ~glass.glass(image)
         for y in window_starts(image.shape[0], patch, stride):
             for x in window_starts(image.shape[1], patch, stride):
                 if tissue[y : y + patch, x : x + patch].mean() >= min_tissue:
@@ -157,7 +142,7 @@ def _from_csv(root: str, csv_path: str, patch: int, stride: int, min_tissue: flo
 
 def load_weak_source(data: str | os.PathLike[str], labels_csv: str | os.PathLike[str] | None, *, patch: int,
                      stride: int, min_foreground: float, label_min_share: float = 0.01,
-                     glass: GlassThreshold = GlassThreshold()) -> WeakSource:
+                     glass: GlassThreshold = _GLASS) -> WeakSource:
     """The phase-1 patches of ``data``: labels from ``labels_csv`` when given, else from the masks."""
     check_tiling(patch, stride)
     if not 0.0 < min_foreground <= 1.0:
