@@ -86,6 +86,8 @@ def choose_fusion(fusion: Fusion | str, engine: Any) -> FusionPath:
 class Predictor:
     """Segment H&E images with a cervrt artifact (.onnx, .plan or .pt checkpoint); a context manager.
 
+    The model is a path (the Predictor opens the engine and closes it) or ``engine=``, an open Engine or
+    another Predictor's ``EngineStage`` (shared, left open; ``with_settings`` makes one of those).
     Settings come from ``config`` (a ``PredictorConfig``) with keyword ``overrides`` on top, or from
     keywords alone: ``device``, ``batch_size``, ``stride`` (default a quarter of the model's patch),
     ``blend`` (``"gaussian"`` or ``"mean"``), ``tissue_threshold`` (windows whose tissue share is under
@@ -95,16 +97,18 @@ class Predictor:
     ``progress(done, total)`` is called after every batch.
     """
 
-    def __init__(self, model_path: str | Path, config: PredictorConfig | None = None, *,
-                 progress: Progress | None = None, **overrides: Any) -> None:
-        from cervrt.engines import open_engine
-
+    def __init__(self, model_path: str | Path | None = None, config: PredictorConfig | None = None, *,
+                 engine: Any = None, progress: Progress | None = None, **overrides: Any) -> None:
         if config is not None and not isinstance(config, PredictorConfig):
             raise InputError(f"config must be a PredictorConfig, got {type(config).__name__}")
+        if (model_path is None) == (engine is None):
+            raise InputError("a Predictor needs either a model path or an open engine (engine=...), not both")
         config = config or PredictorConfig()
         if overrides:
             config = config.replace(**overrides)
-        self.engine = open_engine(model_path, device=config.device, batch_size=config.batch_size)
+        self._owns_engine = engine is None
+        stage = engine if isinstance(engine, EngineStage) else None
+        self.engine = self._open(model_path, config) if engine is None else (stage.engine if stage else engine)
         try:
             self.config = config.resolve(self.engine.patch_size)
             self._stride = self.config.stride or default_stride(self.engine.patch_size)
@@ -113,12 +117,25 @@ class Predictor:
             on_gpu = self.config.fusion is Fusion.CUDA or self.path is FusionPath.CUDA
             self._backend = get_backend(Fusion.AUTO.value if on_gpu else self.config.fusion.value)  # predict_proba's
         except BaseException:
-            self.engine.close()
+            if self._owns_engine:
+                self.engine.close()
             raise
         self.progress = progress
-        self._stage = EngineStage(self.engine)
+        self._stage = stage or EngineStage(self.engine)
         self._device: Labeler | None = self._device_labeler() if self.path is FusionPath.CUDA else None
         self._closed = False
+
+    @staticmethod
+    def _open(model_path: str | Path | None, config: PredictorConfig) -> Any:
+        from cervrt.engines import open_engine
+
+        return open_engine(model_path, device=config.device, batch_size=config.batch_size)  # type: ignore[arg-type]
+
+    def with_settings(self, **changes: Any) -> Predictor:
+        """A Predictor over this one's engine (and its lock) with ``changes`` to the settings; closing it
+        leaves the engine open. ``device`` and a ``batch_size`` above the engine's are fixed by the engine."""
+        self._require_open()
+        return Predictor(config=self.config.replace(**changes), engine=self._stage, progress=self.progress)
 
     # -- context --------------------------------------------------------------------------------
 
@@ -129,10 +146,16 @@ class Predictor:
         self.close()
 
     def close(self) -> None:
-        """Free the engine's resources; the Predictor takes no more calls."""
+        """Free the engine's resources (unless it was passed in open); the Predictor takes no more calls."""
         if not self._closed:
             self._closed = True
-            self.engine.close()
+            if self._owns_engine:
+                self.engine.close()
+
+    @property
+    def engine_stage(self) -> EngineStage:
+        """The engine behind its lock and gate, shareable with other Predictors (``engine=``)."""
+        return self._stage
 
     @property
     def settings(self) -> PredictorConfig:

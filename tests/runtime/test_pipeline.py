@@ -135,3 +135,23 @@ def test_predictor_from_a_config_with_keyword_overrides(model):
         Predictor(model, {"stride": 16})
     with pytest.raises(CervrtError, match="batch_size"):
         Predictor(model, device="cpu", batch_size=0)
+
+
+def test_predictors_over_one_open_engine_share_it_and_leave_it_open(model):
+    from cervrt.engines import open_engine
+
+    image = tissue_image(np.random.default_rng(1), 80, 96)
+    with Predictor(model, device="cpu", stride=32, tissue_threshold=0) as base:
+        expected = base.predict(image)
+        with base.with_settings(blend="mean") as derived:
+            assert derived.engine is base.engine and derived.config.blend is Blend.MEAN
+            assert derived.engine_stage is base.engine_stage  # one lock for the engine, whichever Predictor runs it
+            derived.predict(image)
+        np.testing.assert_array_equal(base.predict(image), expected)  # the engine is still open
+    engine = open_engine(model, device="cpu")
+    with Predictor(config=PredictorConfig(stride=32, tissue_threshold=0), engine=engine) as borrowed:
+        np.testing.assert_array_equal(borrowed.predict(image), expected)
+    assert engine.run(np.zeros((1, 3, 64, 64), np.float32)).probs.shape == (1, 5, 64, 64)
+    engine.close()
+    with pytest.raises(CervrtError, match="either a model path or an open engine"):
+        Predictor()
