@@ -207,7 +207,7 @@ class _Run:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             loss = stage_loss(self.stage, self.model, self.loss, images, masks, labels)
         if not torch.isfinite(loss):
-            raise CervrtError("the loss became NaN or infinite: lower --lr")
+            raise CervrtError("the loss became NaN or infinite: lower the learning rate (lr)")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -271,7 +271,7 @@ def _resume_config(path: str, overrides: dict[str, Any]) -> tuple[TrainConfig, d
         if stage is not stages[-1]:
             return config, None, stages[stages.index(stage) + 1]
         done = ckpt["epoch"]
-        raise CervrtError(f"{path} already finished its {config.epochs} epochs: pass --epochs N with N > {done}")
+        raise CervrtError(f"{path} already finished its {config.epochs} epochs: resume with epochs > {done}")
     return config, ckpt, stage
 
 

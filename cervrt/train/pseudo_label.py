@@ -105,14 +105,14 @@ class PseudoLabelConfig:
     def check(self) -> None:
         """Raise CervrtError for values no run can use."""
         if not 0 < self.keep <= 100:
-            raise CervrtError(f"--keep (the percentage of S_p kept per class) must be in (0, 100], got {self.keep}")
+            raise CervrtError(f"keep (the percentage of S_p kept per class) must be in (0, 100], got {self.keep}")
         if self.np_total < 4:
-            raise CervrtError(f"--np must be at least 4 (one patch per class), got {self.np_total}")
+            raise CervrtError(f"np_total (S_p patches in all) must be at least 4, one per class, got {self.np_total}")
         if not 0 <= self.min_tissue <= 1:
-            raise CervrtError(f"--min-tissue must be in [0, 1], got {self.min_tissue}")
+            raise CervrtError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
         for name in ("stride", "batch_size"):
             if getattr(self, name) < 1:
-                raise CervrtError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise CervrtError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 # --- Algorithm 1, steps 3-5 (pure numpy) -------------------------------------------------------
@@ -125,8 +125,8 @@ def class_quotas(labels: Mapping[str, Iterable[int]], np_total: int) -> dict[int
     short = [i for i, q in quotas.items() if q == 0]
     if short:
         i = short[0]
-        raise CervrtError(f"--np {np_total} gives no patch to class {i}, which labels {counts[i]} images: "
-                          f"use --np {4 * counts[i]} or more")
+        raise CervrtError(f"np_total {np_total} gives no patch to class {i}, which labels {counts[i]} images: "
+                          f"use np_total {4 * counts[i]} or more")
     return quotas
 
 

@@ -77,13 +77,13 @@ def plan_stages(arch: str, pseudo_labels: str | None, cls_epochs: int | None) ->
     builder = _builder(arch)
     if getattr(builder, "is_classifier", False):
         if cls_epochs is not None:
-            raise CervrtError("--cls-epochs is for the two-stage training of ensemble_a: use --epochs for a classifier")
+            raise CervrtError("cls_epochs is for the two-stage training of ensemble_a: use epochs for a classifier")
         return (Stage.CLASSIFY,)
     if pseudo_labels is None and cls_epochs is None:
         return (Stage.FULL,)
     if not getattr(builder, "has_classifier", False):
-        raise CervrtError(f"{arch} has no patch classifier to train on pseudo-labels or for --cls-epochs: "
-                          "use --arch ensemble_a (or --arch classifier)")
+        raise CervrtError(f"{arch} has no patch classifier to train on pseudo-labels or for cls_epochs: "
+                          "use the arch ensemble_a (or classifier)")
     return (Stage.CLASSIFY, Stage.SEGMENT)
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+from cervrt._io import nan_to_none
 from cervrt.checkpoint import load_checkpoint
 from cervrt.errors import CervrtError
 from cervrt.synth import write_dataset
 from cervrt.train.evaluate import evaluate_checkpoint
 from cervrt.train.loop import TrainConfig, train
+
+
+def _no_constants(name: str) -> None:
+    raise AssertionError(f"eval.json holds {name}: not strict JSON")
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +43,15 @@ def test_tiny_run_lowers_the_loss_resumes_and_evaluates(dataset, tmp_path):
     result = evaluate_checkpoint(tmp_path / "run" / "best.pt", dataset, stride=32, echo=lambda _: None,
                                  json_out=tmp_path / "eval.json")
     assert result["metrics"]["pixels"] > 0 and not math.isnan(result["metrics"]["ap"])
-    assert (tmp_path / "eval.json").is_file()
+    strict = json.loads((tmp_path / "eval.json").read_text(), parse_constant=_no_constants)
+    assert strict["metrics"] == json.loads(json.dumps(nan_to_none(result["metrics"])))
+    absent = [name for name, d in result["metrics"]["dice_per_class"].items() if math.isnan(d)]
+    assert [strict["metrics"]["dice_per_class"][name] for name in absent] == [None] * len(absent)
 
 
 def test_resume_of_a_finished_run_says_what_to_do(dataset, tmp_path):
     config = TrainConfig(data=str(dataset), out=str(tmp_path / "run"), encoder="resnet34", epochs=1, batch_size=4,
                          patch_size=64, stride=64, val_fraction=0.0)
     train(config, log=lambda _: None)
-    with pytest.raises(CervrtError, match="pass --epochs N with N > 1"):
+    with pytest.raises(CervrtError, match="resume with epochs > 1"):
         train(resume=str(tmp_path / "run" / "last.pt"), log=lambda _: None)

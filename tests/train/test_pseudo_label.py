@@ -37,7 +37,7 @@ def _picked(candidates):
 def test_quotas_are_np_over_four_c_i_for_the_labelled_classes():
     labels = {"a": {1, 2}, "b": {2}, "c": {2, 4}}
     assert class_quotas(labels, 40) == {1: 10, 2: 3, 4: 10}  # c = 1, 3, 1; class 3 labels no image
-    with pytest.raises(CervrtError, match="class 2, which labels 3 images: use --np 12"):
+    with pytest.raises(CervrtError, match="class 2, which labels 3 images: use np_total 12"):
         class_quotas(labels, 8)
 
 
@@ -120,9 +120,9 @@ def weak_dir(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"keep": 0}, r"--keep \(the percentage of S_p kept per class\) must be in \(0, 100\], got 0"),
+    ({"keep": 0}, r"^keep \(the percentage of S_p kept per class\) must be in \(0, 100\], got 0"),
     ({"keep": 100.5}, r"must be in \(0, 100\], got 100.5"),
-    ({"np_total": 3}, "--np must be at least 4"),
+    ({"np_total": 3}, "np_total .* must be at least 4"),
     ({"classifier": "nowhere.pt"}, "classifier checkpoint nowhere.pt does not exist: train one"),
 ])
 def test_pseudo_label_refuses_bad_settings(weak_dir, tmp_path, change, message):

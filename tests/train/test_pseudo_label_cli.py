@@ -26,7 +26,7 @@ _REQUIRED = ["--weak-data", "weak", "--labels", "labels.csv", "--out", "out"]
         (["train", "--data", "d", "--out", "run", "--arch", "ensemble_a", "--pseudo-labels", "p.csv"],
          "pseudo_labels needs weak_data"),
         (["train", "--data", "d", "--out", "run", "--arch", "classifier", "--cls-epochs", "2"],
-         "use --epochs for a classifier"),
+         "use epochs for a classifier"),
     ],
 )
 def test_bad_weak_options_are_one_line(tmp_path, args, fragment):

@@ -35,7 +35,7 @@ def test_plan_stages():
     assert plan_stages("ensemble_a", None, 3) == (Stage.CLASSIFY, Stage.SEGMENT)
     with pytest.raises(CervrtError, match="hspnet has no patch classifier"):
         plan_stages("hspnet", "s_p.csv", None)
-    with pytest.raises(CervrtError, match="use --epochs for a classifier"):
+    with pytest.raises(CervrtError, match="use epochs for a classifier"):
         plan_stages("classifier", None, 3)
 
 

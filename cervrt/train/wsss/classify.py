@@ -136,7 +136,7 @@ class _Run:
             logits = self.model(images)
             loss = F.multilabel_soft_margin_loss(logits, targets)
             if not torch.isfinite(loss):
-                raise CervrtError("the loss became NaN or infinite: lower --lr")
+                raise CervrtError("the loss became NaN or infinite: lower the learning rate (lr)")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -166,7 +166,7 @@ def _resume_state(config: ClassifierConfig) -> tuple[ClassifierConfig, dict[str,
         return config, None
     ckpt = load_checkpoint(last)
     if ckpt.get("arch") != CLASSIFIER_ARCH or "train_config" not in ckpt:
-        raise CervrtError(f"{last} is not a WSSS phase-1 run: choose another --out")
+        raise CervrtError(f"{last} is not a WSSS phase-1 run: choose another output directory")
     kept = {k: getattr(config, k) for k in ("epochs", "device", "workers", "time_limit_minutes")}
     return replace(ClassifierConfig(**ckpt["train_config"]), **kept), ckpt
 
