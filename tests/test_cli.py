@@ -75,3 +75,43 @@ def test_help_explains_the_commands():
     assert result.returncode == 0
     for command in ("demo", "synth", "train", "eval", "info"):
         assert command in result.stdout
+
+
+def test_commands_load_lazily_and_infer_never_imports_torch():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from cervrt.cli import cli\n"
+        "result = CliRunner().invoke(cli, ['infer', '--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(' '.join(m for m in ('torch', 'cervrt.cli.train', 'cervrt.cli.infer') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["cervrt.cli.infer"]
+
+
+def test_a_command_whose_extra_is_missing_is_listed_and_refused_in_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cervrt.cli._base import CervrtGroup
+
+    (tmp_path / "needs_extra.py").write_text("import cervrt_absent_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    group = CervrtGroup(name="t", lazy={"fit": ("needs_extra:fit", "train"), "info": ("cervrt.cli.info:info", "")})
+    listing = CliRunner().invoke(group, ["--help"])
+    assert listing.exit_code == 0
+    assert "fit   (needs cervrt[train]: cervrt_absent_dependency is not installed)" in listing.output
+    assert "Describe a checkpoint" in listing.output
+    result = CliRunner().invoke(group, ["fit"])
+    assert result.exit_code == 1
+    assert result.output == 'error: cervrt_absent_dependency is not installed: run pip install "cervrt[train]"\n'
+
+
+def test_the_infer_format_choices_come_from_the_output_registry():
+    from click.testing import CliRunner
+
+    from cervrt.cli import cli
+    from cervrt.runtime.outputs import output_formats
+
+    result = CliRunner().invoke(cli, ["infer", "--help"])
+    assert f"[{'|'.join(output_formats())}]" in result.output

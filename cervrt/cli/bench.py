@@ -1,0 +1,47 @@
+"""``cervrt bench``: FLOPs, latency, throughput, memory and accuracy of models side by side."""
+
+from __future__ import annotations
+
+import click
+
+from cervrt.bench.config import FULL, QUICK, BenchConfig
+from cervrt.cli._base import default
+from cervrt.devices import DEVICE_CHOICES
+
+__all__ = ["bench"]
+
+_BATCHES = ",".join(map(str, default(BenchConfig, "batch_sizes")))
+
+
+def _size(settings: object) -> str:
+    width, height = settings.slide_size  # type: ignore[attr-defined]
+    return f"{width}x{height}"
+
+
+@click.command()
+@click.argument("more_models", nargs=-1, type=click.Path(dir_okay=False), metavar="[MODEL]...")
+@click.option("--models", "models", multiple=True, type=click.Path(dir_okay=False),
+              help="Artifacts to benchmark: --models A.pt B.onnx C.plan ... [build an untrained HSP-Net ResNet-34].")
+@click.option("--batch-sizes", default=_BATCHES, show_default=True, help="Timed batch sizes, comma-separated.")
+@click.option("--quick", is_flag=True,
+              help=f"{QUICK.warmup} warm-up + {QUICK.repeats} timed runs (not {FULL.warmup} + {FULL.repeats}) and "
+                   f"{QUICK.slides} {_size(QUICK)} test slide (not {FULL.slides} of {_size(FULL)}): a few minutes "
+                   "on a 2-core CPU.")
+@click.option("--device", default=default(BenchConfig, "device"), show_default=True,
+              help=", ".join(DEVICE_CHOICES) + ".")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--paper", is_flag=True, help="Only print the papers' parameter and FLOP figures beside cervrt's.")
+def bench(more_models: tuple[str, ...], models: tuple[str, ...], batch_sizes: str, quick: bool, device: str,
+          out: str | None, paper: bool) -> None:
+    """Measure FLOPs, latency, throughput, memory and accuracy of models side by side on this machine.
+
+    Writes OUT/report.json, OUT/report.md and PNG plots (throughput vs MACs, accuracy vs
+    throughput) and prints the markdown tables.
+    """
+    from cervrt.bench import format_paper_table, format_report, paper_table, run_bench
+
+    if paper:
+        click.echo(format_paper_table(paper_table()))
+        return
+    config = BenchConfig(out=out, models=models + more_models, batch_sizes=batch_sizes, quick=quick, device=device)
+    click.echo(format_report(run_bench(config, echo=click.echo)))

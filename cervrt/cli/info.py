@@ -1,0 +1,27 @@
+"""``cervrt info``: describe a checkpoint, an exported model or an architecture."""
+
+from __future__ import annotations
+
+import click
+
+from cervrt.cli._base import dump
+from cervrt.constants import PATCH_SIZE
+from cervrt.errors import CervrtError
+
+__all__ = ["info"]
+
+
+@click.command()
+@click.argument("artifact", required=False, type=click.Path(dir_okay=False))
+@click.option("--arch", default=None, help="Describe an architecture instead of a file.")
+@click.option("--encoder", default=None, help="With --arch: one of the architecture's encoders [its default].")
+@click.option("--patch-size", default=None, type=click.IntRange(32), help=f"With --arch: patch side [{PATCH_SIZE}].")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def info(artifact: str | None, arch: str | None, encoder: str | None, patch_size: int | None, as_json: bool) -> None:
+    """Describe a checkpoint or an architecture: classes, parameters, MACs at 384 and at the patch size."""
+    from cervrt.artifacts import arch_info, artifact_info, format_info
+
+    if (artifact is None) == (arch is None):
+        raise CervrtError("info takes either an artifact file or --arch NAME")
+    data = artifact_info(artifact) if artifact else arch_info(arch, encoder, patch_size)
+    click.echo(dump(data) if as_json else format_info(data))
