@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cervrt.artifact import onnx_info, plan_info
 from cervrt.errors import CervrtError
-from cervrt.export.metadata import onnx_info, plan_info
 
 __all__ = ["arch_info", "artifact_info", "checkpoint_info", "format_info"]
 

@@ -174,9 +174,9 @@ def test_cli_paper_prints_the_table():
 def tiny_onnx(tmp_path_factory) -> Path:
     import onnx
 
+    from cervrt.artifact import attach_metadata
     from cervrt.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
-    from cervrt.export.metadata import attach_metadata
-    from tests.export.onnx_graphs import segmentation_graph
+    from tests.support.onnx_graphs import segmentation_graph
 
     model = segmentation_graph()
     attach_metadata(model, {

@@ -140,7 +140,7 @@ def test_a_slide_without_tissue_succeeds_with_an_all_background_mask(model, tmp_
 def test_a_model_without_cervrt_metadata_is_refused(tissue_png, tmp_path):
     import onnx
 
-    from tests.export.onnx_graphs import segmentation_graph
+    from tests.support.onnx_graphs import segmentation_graph
 
     onnx.save(segmentation_graph(), tmp_path / "plain.onnx")
     result = _cervrt("infer", "--engine", str(tmp_path / "plain.onnx"), tissue_png, "--out", str(tmp_path / "out"))

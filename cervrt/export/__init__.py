@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cervrt.artifact import read_metadata, read_plan_metadata
 from cervrt.export.config import (
     DEFAULT_OPSET,
     SUPPORTED_OPSETS,
@@ -19,7 +20,6 @@ from cervrt.export.config import (
     Precision,
     default_onnx_path,
 )
-from cervrt.export.metadata import read_metadata, read_plan_metadata
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cervrt.artifact import graph_io
 from cervrt.errors import CervrtError
-from cervrt.export.metadata import graph_io
 
 __all__ = ["INPUT_NAME", "MAX_PROTO_BYTES", "ProbabilityGraph", "check_graph", "export_fp32", "output_names",
            "simplify", "trace_to_onnx"]
@@ -55,7 +55,7 @@ class ProbabilityGraph(nn.Module):
 
 def output_names(model: nn.Module) -> list[str]:
     """``["probs"]``, plus ``"class_probs"`` for models with a patch classifier."""
-    return ["probs", "class_probs"] if getattr(model, "has_classifier", False) else ["probs"]
+    return ["probs", "class_probs"] if model.has_classifier else ["probs"]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,8 +7,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from cervrt.export.metadata import attach_metadata
-from tests.export.onnx_graphs import segmentation_graph
+from cervrt.artifact import attach_metadata
+from tests.support.onnx_graphs import segmentation_graph
 
 ONNX_META = {"format": "cervrt.onnx", "arch": "hspnet", "arch_kwargs": {"encoder": "resnet34"},
              "class_names": ["background", "normal", "CIN 1", "CIN 2", "CIN 3"],
@@ -44,6 +44,6 @@ def tiny_onnx_classifier(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from tests.export.conftest import save_tiny_checkpoint
+    from tests.support.tiny_models import save_tiny_checkpoint
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("engines_ckpt") / "hspnet.pt")

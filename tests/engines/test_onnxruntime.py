@@ -16,7 +16,7 @@ from cervrt.engines import open_engine
 from cervrt.engines.onnxruntime import CPU_PROVIDER, CUDA_PROVIDER, OnnxRuntimeEngine, choose_providers
 from cervrt.errors import CervrtError
 from tests.engines.conftest import ONNX_META, save_graph
-from tests.export.onnx_graphs import segmentation_graph
+from tests.support.onnx_graphs import segmentation_graph
 
 
 def _direct(path, batch):

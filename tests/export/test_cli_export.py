@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cervrt.checkpoint import build_checkpoint, save_checkpoint
-from tests.export.conftest import save_tiny_checkpoint
+from tests.support.tiny_models import save_tiny_checkpoint
 
 
 def _cervrt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import pytest
 
 from cervrt.export.fp16 import convert_to_fp16, fp32_op_types, probability_tail
 from cervrt.export.parity import ort_session, run_session
-from tests.export.onnx_graphs import segmentation_graph
+from tests.support.onnx_graphs import segmentation_graph
 
 _FLOAT, _FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

@@ -9,9 +9,7 @@ import sys
 import onnx
 import pytest
 
-from cervrt.artifacts import artifact_info, format_info
-from cervrt.errors import CervrtError
-from cervrt.export.metadata import (
+from cervrt.artifact import (
     METADATA_KEY,
     PLAN_FORMAT,
     attach_metadata,
@@ -19,13 +17,12 @@ from cervrt.export.metadata import (
     read_metadata,
     read_plan_metadata,
 )
-from tests.export.onnx_graphs import segmentation_graph
+from cervrt.artifacts import artifact_info, format_info
+from cervrt.errors import CervrtError
+from tests.support.onnx_graphs import segmentation_graph
+from tests.support.tiny_models import tiny_metadata
 
-_META = {"format": "cervrt.onnx", "arch": "hspnet", "arch_kwargs": {"encoder": "resnet34"},
-         "class_names": ["background", "normal", "CIN 1", "CIN 2", "CIN 3"], "palette": [[0, 0, 0]] * 5,
-         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "mpp": 0.904, "patch_size": 64,
-         "precision": "fp32", "opset": 18, "input": "image", "outputs": ["probs"], "params": 123,
-         "macs_384": 4560, "macs_patch": 789}
+_META = tiny_metadata().to_dict()
 
 
 def _save(tmp_path, metadata=None, name="m.onnx"):

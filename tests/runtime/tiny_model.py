@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from cervrt.artifact import attach_metadata
 from cervrt.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
-from cervrt.export.metadata import attach_metadata
-from tests.export.onnx_graphs import segmentation_graph
+from tests.support.onnx_graphs import segmentation_graph
 
 PATCH = 64
 MPP = 0.904
