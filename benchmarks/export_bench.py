@@ -134,8 +134,9 @@ def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
 def _runners(files: dict[str, Path], batch: np.ndarray) -> dict[str, Callable[[], Any]]:
     import torch
 
-    from cervrt.checkpoint import load_checkpoint, model_from_checkpoint
+    from cervrt.checkpoint import load_checkpoint
     from cervrt.export.parity import ort_session, run_session
+    from cervrt.models import model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(files["checkpoint"]))
     image = torch.from_numpy(batch)

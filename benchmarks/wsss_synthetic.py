@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from cervrt.checkpoint import load_checkpoint, model_from_checkpoint
+from cervrt.checkpoint import load_checkpoint
+from cervrt.models import model_from_checkpoint
 from cervrt.runtime.tiling import BlendMode
 from cervrt.synth import write_dataset
 from cervrt.train.data import list_regions, load_region

@@ -5,6 +5,9 @@ keyword arguments, class names, palette, normalisation, microns per pixel, patch
 and, for resuming, the epoch and the optimiser, scheduler and scaler states. Loading never
 unpickles arbitrary objects: a file holding anything but plain types and tensors is refused before
 any of its code can run.
+
+This module is the file format only and imports nothing from ``cervrt.models``: rebuilding the
+model is ``cervrt.models.model_from_checkpoint``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ __all__ = [
     "describe",
     "file_sha256",
     "load_checkpoint",
-    "model_from_checkpoint",
     "safe_torch_load",
     "save_checkpoint",
 ]
@@ -69,12 +71,6 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         ) from None
     except Exception:  # the loader's own words ("101", "pop from empty list") would not help the user
         raise CervrtError(f"{path} is not a readable PyTorch file (truncated or corrupt?)") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line.split(". ")[0]
 
 
 def build_checkpoint(model: Any, arch: str, arch_kwargs: dict[str, Any], *, patch_size: int = PATCH_SIZE,
@@ -134,15 +130,3 @@ def describe(checkpoint: dict[str, Any]) -> dict[str, Any]:
     if checkpoint.get("gate_epsilon") is not None:
         described["gate_epsilon"] = float(checkpoint["gate_epsilon"])
     return described
-
-
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> Any:
-    """Rebuild the model of ``checkpoint`` and load its weights (strictly), in eval mode."""
-    from cervrt.models import create_model
-
-    model = create_model(checkpoint["arch"], **checkpoint["arch_kwargs"])
-    try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise CervrtError(f"the checkpoint's weights do not fit {checkpoint['arch']}: {_first_line(exc)}") from None
-    return model.eval()

@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from cervrt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from cervrt.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from cervrt.errors import CervrtError
-from cervrt.models import create_model
+from cervrt.models import create_model, model_from_checkpoint
 
 
 class _SideEffect:

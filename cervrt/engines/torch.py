@@ -3,7 +3,7 @@ when a checkpoint is opened.
 
 The checkpoint is loaded safely (``torch.load(weights_only=True)`` through ``cervrt.checkpoint``), its
 model rebuilt and put in eval mode, and its metadata built the way the exporter builds an ONNX
-file's (``describe`` + ``model_complexity``; precision fp32, outputs ``probs`` and, with a patch
+file's (``cervrt.models.describe_model``; precision fp32, outputs ``probs`` and, with a patch
 classifier, ``class_probs``; ``gate_epsilon`` when the checkpoint carries one). ``run`` calls the
 model's ``predict_proba`` under ``torch.inference_mode`` on the CPU or a CUDA GPU.
 
@@ -33,21 +33,9 @@ __all__ = ["TorchEngine", "checkpoint_metadata"]
 
 def checkpoint_metadata(checkpoint: dict[str, Any], model: Any, path: Path) -> dict[str, Any]:
     """The cervrt metadata of a checkpoint's model, with the keys and meanings of an exported ONNX file's."""
-    from cervrt.checkpoint import describe
-    from cervrt.flops import model_complexity
+    from cervrt.models import describe_model
 
-    has_classifier = bool(getattr(model, "has_classifier", False))
-    metadata = {
-        "format": checkpoint.get("format"), **describe(checkpoint), **model_complexity(model, checkpoint["patch_size"]),
-        "has_classifier": has_classifier, "size_multiple": int(getattr(model, "size_multiple", 32)),
-        "precision": "fp32", "io_dtype": "float32", "opset": None, "input": "image",
-        "outputs": ["probs", "class_probs"] if has_classifier else ["probs"],
-        "normalization": "image = (rgb / 255 - mean) / std, RGB, NCHW", "source_checkpoint": path.name,
-        "cervrt_version": checkpoint.get("cervrt_version"), "torch_version": checkpoint.get("torch_version"),
-    }
-    if checkpoint.get("gate_epsilon") is not None:
-        metadata["gate_epsilon"] = float(checkpoint["gate_epsilon"])
-    return metadata
+    return describe_model(checkpoint, model, source_checkpoint=path.name, format=checkpoint.get("format")).to_dict()
 
 
 def _torch_device(torch: Any, requested: Device) -> str:
@@ -73,7 +61,8 @@ class TorchEngine(Engine):
     thread_safe = False
 
     def __init__(self, path: str | Path, device: str | Device = "auto", batch_size: int | None = None) -> None:
-        from cervrt.checkpoint import load_checkpoint, model_from_checkpoint
+        from cervrt.checkpoint import load_checkpoint
+        from cervrt.models import model_from_checkpoint
 
         self._torch = optional_import("torch", "train")
         self.path = Path(path)

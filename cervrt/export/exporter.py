@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cervrt._io import atomic_path, ensure_writable_dir, write_json
+from cervrt._io import atomic_path, ensure_writable_dir
+from cervrt.artifact import ONNX_FORMAT, PLAN_FORMAT, ArtifactMetadata, attach_metadata, graph_io, write_plan_metadata
 from cervrt.errors import CervrtError
 from cervrt.export.config import ExportConfig, Precision, timing_cache_path
-from cervrt.export.metadata import ONNX_FORMAT, PLAN_FORMAT, attach_metadata, graph_io
 
 __all__ = ["ExportResult", "export"]
 
@@ -90,26 +90,23 @@ def _versions() -> dict[str, Any]:
                       "onnxruntime": onnxruntime.__version__}}
 
 
-def _base_metadata(ckpt: dict[str, Any], model: Any, config: ExportConfig, sha256: str) -> dict[str, Any]:
-    from cervrt.checkpoint import describe
-    from cervrt.export.onnx_export import INPUT_NAME, output_names
-    from cervrt.flops import model_complexity
+def _base_metadata(ckpt: dict[str, Any], model: Any, config: ExportConfig, sha256: str) -> ArtifactMetadata:
+    from cervrt.export.onnx_export import INPUT_NAME
+    from cervrt.models import describe_model
 
-    return {"format": ONNX_FORMAT, "format_version": 1, **describe(ckpt),
-            **model_complexity(model, ckpt["patch_size"]), "has_classifier": bool(model.has_classifier),
-            "size_multiple": int(model.size_multiple), "opset": config.opset, "input": INPUT_NAME,
-            "outputs": output_names(model), "normalization": "image = (rgb / 255 - mean) / std, RGB, NCHW",
-            "source_checkpoint": config.checkpoint.name, "source_sha256": sha256, **_versions()}
+    return describe_model(ckpt, model, source_checkpoint=config.checkpoint.name, format=ONNX_FORMAT,
+                          format_version=1, opset=config.opset, input=INPUT_NAME, source_sha256=sha256,
+                          **_versions())
 
 
-def _graph_metadata(base: dict[str, Any], proto: Any, precision: Precision) -> dict[str, Any]:
+def _graph_metadata(base: ArtifactMetadata, proto: Any, precision: Precision) -> ArtifactMetadata:
     from cervrt.export.fp16 import fp32_op_types
 
     io = graph_io(proto)
     fp16 = precision is Precision.FP16
-    return {**base, "precision": precision.value, "io_dtype": io["inputs"][0]["dtype"],
-            "fp32_ops": fp32_op_types(proto) if fp16 else [],
-            "fp32_pooled_path": fp32_op_types(proto, pooled=True) if fp16 else []}
+    return base.replace(precision=precision.value, io_dtype=io["inputs"][0]["dtype"],
+                        fp32_ops=fp32_op_types(proto) if fp16 else [],
+                        fp32_pooled_path=fp32_op_types(proto, pooled=True) if fp16 else [])
 
 
 def _save_checked(proto: Any, target: Path, verify: Callable[[Any], None]) -> int:
@@ -135,17 +132,17 @@ class _Run:
         self.sizes: dict[str, int] = {}
         self.checks: list[Any] = []
         self.protos: dict[Precision, Any] = {}
-        self.metadata: dict[Precision, dict[str, Any]] = {}
+        self.metadata: dict[Precision, ArtifactMetadata] = {}
 
     # --- stages ----------------------------------------------------------------------------------
 
     def load(self) -> None:
-        from cervrt.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
-        from cervrt.models import get_spec
+        from cervrt.checkpoint import file_sha256, load_checkpoint
+        from cervrt.models import get_spec, model_from_checkpoint
 
         since = time.perf_counter()
         self.ckpt = load_checkpoint(self.config.checkpoint)
-        if getattr(get_spec(self.ckpt["arch"]).builder, "is_classifier", False):
+        if get_spec(self.ckpt["arch"]).is_classifier:
             raise CervrtError(f"{self.config.checkpoint} is a patch classifier, which predicts no masks: "
                               "export a segmentation checkpoint (hspnet, deeplabv3plus, ensemble_a)")
         self.model = model_from_checkpoint(self.ckpt)
@@ -160,7 +157,7 @@ class _Run:
         self._finish_proto(Precision.FP32, proto)
         since = self.clock.lap("export", since)
         self.echo(f"exported {self.ckpt['arch']} {self.ckpt['arch_kwargs']} to ONNX opset {self.config.opset} "
-                  f"({self.base['params'] / 1e6:.2f}M parameters) in {self.seconds('export'):.1f} s")
+                  f"({self.base.params / 1e6:.2f}M parameters) in {self.seconds('export'):.1f} s")
         self._prepare_parity()
         self.clock.lap("parity", since)
 
@@ -235,26 +232,27 @@ class _Run:
         metadata = self._plan_metadata(env, recipe, source, plan)
         with atomic_path(engine.path) as tmp:
             tmp.write_bytes(plan)
-            write_json(engine.json_path, metadata)
+            write_plan_metadata(engine.path, metadata)
         self._record("engine", engine.path, len(plan))
         self._record("engine_json", engine.json_path, engine.json_path.stat().st_size)
         cache = timing_cache_path(engine.path)
         self._record("timing_cache", cache, cache.stat().st_size)
         self.clock.lap("engine", since)
 
-    def _plan_metadata(self, env: Any, recipe: Any, source: Any, plan: bytes) -> dict[str, Any]:
+    def _plan_metadata(self, env: Any, recipe: Any, source: Any, plan: bytes) -> ArtifactMetadata:
         from cervrt.export.tensorrt_build import profile_shapes
 
         engine = self.config.engine
-        onnx_meta = dict(self.metadata[recipe.onnx_precision])
+        onnx_meta = self.metadata[recipe.onnx_precision]
         if recipe.fp16_builder_flag:  # weak typing: FP32 preferred, not guaranteed, for these layers
-            onnx_meta["fp32_ops"] = ["Softmax", "Reduce (preferred)"]
-        return {**onnx_meta, "format": PLAN_FORMAT, "precision": self.config.precision.value,
-                **graph_io(source), "tensorrt_version": env.version, "gpu_name": env.gpu_name,
-                "compute_capability": env.compute_capability, "build_route": recipe.route,
-                "profile": {"input": onnx_meta["input"], **profile_shapes(engine.batch, self.ckpt["patch_size"])},
-                "workspace_gb": engine.workspace_gb, "timing_cache": timing_cache_path(engine.path).name,
-                "plan_sha256": hashlib.sha256(plan).hexdigest()}
+            onnx_meta = onnx_meta.replace(fp32_ops=["Softmax", "Reduce (preferred)"])
+        return onnx_meta.replace(
+            format=PLAN_FORMAT, precision=self.config.precision.value, **graph_io(source),
+            tensorrt_version=env.version, gpu_name=env.gpu_name, compute_capability=env.compute_capability,
+            build_route=recipe.route,
+            profile={"input": onnx_meta.input, **profile_shapes(engine.batch, self.ckpt["patch_size"])},
+            workspace_gb=engine.workspace_gb, timing_cache=timing_cache_path(engine.path).name,
+            plan_sha256=hashlib.sha256(plan).hexdigest())
 
     # --- bookkeeping -----------------------------------------------------------------------------
 
@@ -268,7 +266,7 @@ class _Run:
     def result(self) -> ExportResult:
         precision = self.config.precision
         return ExportResult(self.config.output, precision, dict(self.files), dict(self.sizes), self.clock.total(),
-                            tuple(self.checks), self.metadata[precision])
+                            tuple(self.checks), self.metadata[precision].to_dict())
 
 
 def export(config: ExportConfig, echo: Echo | None = None) -> ExportResult:

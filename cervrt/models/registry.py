@@ -15,18 +15,41 @@ from torch import nn
 from cervrt.constants import NUM_CLASSES
 from cervrt.errors import CervrtError
 
-__all__ = ["ModelSpec", "create_model", "get_spec", "list_models", "register_model"]
+#: What a registered architecture predicts.
+TASKS = ("segmentation", "classification")
+
+__all__ = ["TASKS", "ModelSpec", "create_model", "get_spec", "list_models", "register_model"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered architecture: its builder, its options' valid values and its defaults."""
+    """A registered architecture: its builder, its options' valid values, its defaults and capabilities.
+
+    Capabilities answer what callers used to probe the model class for: ``task`` ("segmentation" or
+    "classification"), ``has_classifier`` (a segmentation model with a patch classifier head, which
+    also outputs ``class_probs``), ``is_classifier`` (predicts patch classes only, no masks) and
+    ``size_multiple`` (input sides must be a multiple of it).
+    """
 
     name: str
     builder: Callable[..., nn.Module]
     choices: dict[str, tuple[Any, ...]]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    task: str = "segmentation"
+    has_classifier: bool = False
+    size_multiple: int = 32
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise CervrtError(f"{self.name}: task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.has_classifier and self.task != "segmentation":
+            raise CervrtError(f"{self.name}: only a segmentation model can have a patch classifier head")
+
+    @property
+    def is_classifier(self) -> bool:
+        """True for a patch classifier: it predicts no masks (cannot be exported or run on slides)."""
+        return self.task == "classification"
 
     def resolve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Validate ``kwargs`` and fill in defaults; returns the full keyword arguments."""
@@ -49,11 +72,13 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, choices: dict[str, tuple[Any, ...]], defaults: dict[str, Any],
-                   description: str = "") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a model class or factory under ``name``."""
+                   description: str = "", *, task: str = "segmentation", has_classifier: bool = False,
+                   size_multiple: int = 32) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a model class or factory under ``name`` with its capabilities."""
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = ModelSpec(name, builder, choices, defaults, description)
+        _REGISTRY[name] = ModelSpec(name, builder, choices, defaults, description, task=task,
+                                    has_classifier=has_classifier, size_multiple=size_multiple)
         return builder
 
     return decorate

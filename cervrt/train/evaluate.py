@@ -109,7 +109,8 @@ def evaluate_checkpoint(model_path: str | os.PathLike[str], data: str | os.PathL
 
     The default stride is a quarter of the patch (the papers' 75% overlap).
     """
-    from cervrt.checkpoint import load_checkpoint, model_from_checkpoint
+    from cervrt.checkpoint import load_checkpoint
+    from cervrt.models import model_from_checkpoint
     from cervrt.train.data import list_regions, load_region
 
     ckpt = load_checkpoint(model_path)

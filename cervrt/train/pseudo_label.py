@@ -233,7 +233,7 @@ class _Scorer:
     def __init__(self, checkpoint: dict[str, Any], device: str, batch_size: int) -> None:
         import torch
 
-        from cervrt.checkpoint import model_from_checkpoint
+        from cervrt.models import model_from_checkpoint
         from cervrt.train.tensors import resolve_device
 
         self.torch, self.device, self.batch_size = torch, resolve_device(device), batch_size

@@ -22,7 +22,8 @@ def torch_engine(tiny_checkpoint):
 
 
 def test_runs_the_models_predict_proba(torch_engine, tiny_checkpoint):
-    from cervrt.checkpoint import load_checkpoint, model_from_checkpoint
+    from cervrt.checkpoint import load_checkpoint
+    from cervrt.models import model_from_checkpoint
 
     batch = _batch(2, 64, 96)
     out = torch_engine.run(batch)

@@ -99,3 +99,28 @@ def test_num_classes_option():
     model = create_model("hspnet", encoder="resnet34", num_classes=3).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "has_classifier"),
+    [("hspnet", "segmentation", False), ("deeplabv3plus", "segmentation", False),
+     ("ensemble_a", "segmentation", True), ("wsss_seg", "segmentation", True),
+     ("classifier", "classification", False), ("wsss_cls", "classification", False)],
+)
+def test_the_spec_states_the_capabilities(name, task, has_classifier):
+    from cervrt.models import get_spec
+
+    spec = get_spec(name)
+    assert (spec.task, spec.has_classifier, spec.is_classifier) == (task, has_classifier, task == "classification")
+    # the spec agrees with what the model class itself declares
+    assert bool(getattr(spec.builder, "has_classifier", False)) is has_classifier
+    assert getattr(spec.builder, "size_multiple", 32) == spec.size_multiple
+
+
+def test_a_classifier_cannot_have_a_classifier_head():
+    from cervrt.models import ModelSpec
+
+    with pytest.raises(CervrtError, match="only a segmentation model"):
+        ModelSpec("x", dict, {}, task="classification", has_classifier=True)
+    with pytest.raises(CervrtError, match="task must be one of segmentation, classification"):
+        ModelSpec("x", dict, {}, task="detection")

@@ -18,9 +18,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from cervrt.checkpoint import build_checkpoint, file_sha256, load_checkpoint, model_from_checkpoint, save_checkpoint
+from cervrt.checkpoint import build_checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from cervrt.constants import GATE_EPSILON
 from cervrt.errors import CervrtError
+from cervrt.models import model_from_checkpoint
 from cervrt.models.wsss import WSSSSegmenter, apply_gate
 from cervrt.train.data import Region
 from cervrt.train.loop import TrainConfig, TrainHooks, train
