@@ -1,9 +1,9 @@
 """Checkpoint -> ONNX (FP32, FP16) -> TensorRT plan, with the metadata that lets artifacts describe themselves.
 
 ``export(ExportConfig(...))`` does the whole job (see ``cervrt.export.exporter``); ``read_metadata``
-reads an exported ONNX file's ``cervrt`` metadata. Importing this package is cheap: the settings
-(``cervrt.export.config``) and metadata readers (``cervrt.export.metadata``, onnx only) load at once;
-torch, onnxruntime and tensorrt only when an export runs.
+reads an exported ONNX file's ``cervrt`` metadata (it lives in :mod:`cervrt.artifact`, re-exported
+here; the deploy side imports it from there). Importing this package is cheap: the settings
+(``cervrt.export.config``) load at once; torch, onnxruntime and tensorrt only when an export runs.
 """
 
 from __future__ import annotations
