@@ -1,0 +1,166 @@
+"""INT8 export: tissue-only calibration spread over the inputs, QDQ quantization with the chosen groups kept
+in float, and one-line refusals for every bad calibration input."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from cervrt.errors import CervrtError
+from cervrt.export.calibration import calibration_files, draw_calibration, holdout_count, normalise
+from cervrt.export.int8 import FLOAT_GROUPS, float_nodes, quantize_int8
+from cervrt.imageio import write_png
+from tests.support.onnx_graphs import segmentation_graph
+
+
+def _tissue(seed: int, size: int = 256) -> np.ndarray:
+    from cervrt.synth import synthesize_region
+
+    rgb, _ = synthesize_region(np.random.default_rng(seed), size)
+    return rgb
+
+
+def _glass(size: int = 256) -> np.ndarray:
+    return np.full((size, size, 3), 242, np.uint8) + np.random.default_rng(0).integers(0, 6, (size, size, 3),
+                                                                                        dtype=np.uint8)
+
+
+def _saturated(patch: np.ndarray) -> float:
+    """Share of the pixels more saturated than glass ever is (the tissue detector's floor)."""
+    from cervrt._cv import cv2
+    from cervrt.runtime.tissue import SATURATION_FLOOR
+
+    return float((cv2.cvtColor(patch, cv2.COLOR_RGB2HSV)[..., 1] > SATURATION_FLOOR).mean())
+
+
+@pytest.fixture
+def images(tmp_path):
+    """An MTCHI-layout dataset (images/ with two regions) and one loose image beside it."""
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    for i, seed in enumerate((0, 2)):  # synthetic regions with >= 10 tissue windows of 64 px each
+        write_png(tmp_path / "data" / "images" / f"r{i}.png", _tissue(seed))
+    write_png(tmp_path / "loose.png", _tissue(7))
+    return tmp_path
+
+
+# --- calibration inputs ---------------------------------------------------------------------------
+
+
+def test_directories_files_and_the_mtchi_layout_expand(images):
+    files = calibration_files([images / "data", images / "loose.png", images / "data" / "images"])
+    assert [f.name for f in files] == ["r0.png", "r1.png", "loose.png"]
+
+
+def test_patches_are_tissue_spread_over_inputs_and_disjoint_from_held_out(images):
+    drawn = draw_calibration([images / "data", images / "loose.png"], 64, 0.904, count=9, holdout=6)
+    assert drawn.calibration.shape == (9, 64, 64, 3) and drawn.holdout.shape == (6, 64, 64, 3)
+    assert drawn.calibration.dtype == np.uint8
+    assert set(drawn.sources) == {"r0.png", "r1.png", "loose.png"}  # round-robin: every input contributes
+    flat_cal = {p.tobytes() for p in drawn.calibration}
+    assert not flat_cal & {p.tobytes() for p in drawn.holdout}  # no window is in both sets
+    assert all(_saturated(p) > 0.5 for p in np.concatenate([drawn.calibration, drawn.holdout]))  # tissue, not glass
+    again = draw_calibration([images / "data", images / "loose.png"], 64, 0.904, count=9, holdout=6)
+    np.testing.assert_array_equal(again.calibration, drawn.calibration)  # a fixed seed: reproducible
+
+
+def test_glass_is_never_drawn(tmp_path):
+    image = np.full((256, 512, 3), 244, np.uint8)
+    image[:, :256] = _tissue(3)
+    write_png(tmp_path / "half.png", image)
+    drawn = draw_calibration([tmp_path / "half.png"], 64, None, count=8, holdout=4)
+    assert all(_saturated(p) > 0.5 for p in drawn.calibration)
+    with pytest.raises(CervrtError, match=r"hold (\d+) tissue patches") as info:
+        draw_calibration([tmp_path / "half.png"], 64, None, count=30, holdout=4)
+    assert 8 <= int(str(info.value).split()[4]) <= 16  # the left half's 16 windows at most, the glass none
+
+
+def test_slides_are_read_at_the_model_mpp(tmp_path):
+    # a 256 px TIFF at 0.904 um/px read for a model at 1.808 um/px is 128 px: 4 windows of 64
+    tifffile = pytest.importorskip("tifffile")
+    per_cm = 1e4 / 0.904
+    tifffile.imwrite(tmp_path / "slide.tif", _tissue(0), photometric="rgb", resolution=(per_cm, per_cm),
+                     resolutionunit="CENTIMETER")
+    assert len(draw_calibration([tmp_path / "slide.tif"], 64, 0.904, count=12, holdout=1).calibration) == 12
+    drawn = draw_calibration([tmp_path / "slide.tif"], 64, 0.904 * 2, count=2, holdout=1)
+    assert drawn.calibration.shape == (2, 64, 64, 3)
+    with pytest.raises(CervrtError, match="hold 3 tissue patches of 64 px"):  # 3 of the 4 windows are tissue
+        draw_calibration([tmp_path / "slide.tif"], 64, 0.904 * 2, count=3, holdout=1)
+
+
+def test_holdout_covers_enough_pixels():
+    assert holdout_count(400) == 4 and holdout_count(128) == 16 and holdout_count(64) == 64
+
+
+def test_normalise_matches_the_runtime():
+    patches = np.full((2, 4, 4, 3), 255, np.uint8)
+    x = normalise(patches, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    assert x.shape == (2, 3, 4, 4) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, :, 0, 0], [2.0, 1.0, 0.5])
+
+
+@pytest.mark.parametrize("case", ["none", "missing", "empty_dir", "unreadable", "glass", "zero", "negative"])
+def test_bad_calibration_input_is_one_line(tmp_path, case):
+    paths, count = [tmp_path / "in"], 4
+    (tmp_path / "in").mkdir()
+    if case == "none":
+        paths = []
+    elif case == "missing":
+        paths = [tmp_path / "nope.png"]
+    elif case == "unreadable":
+        write_png(tmp_path / "in" / "good.png", _tissue(2))
+        (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    elif case == "glass":
+        write_png(tmp_path / "in" / "glass.png", _glass())
+    elif case in ("zero", "negative"):
+        write_png(tmp_path / "in" / "good.png", _tissue(2))
+        count = 0 if case == "zero" else -3
+    expected = {"none": "pass --calibration PATH", "missing": "does not exist", "empty_dir": "holds no images",
+                "unreadable": "broken.png", "glass": "no tissue found", "zero": "positive number of patches",
+                "negative": "positive number of patches"}[case]
+    with pytest.raises(CervrtError, match=expected) as info:
+        draw_calibration(paths, 64, 0.904, count=count, holdout=2)
+    assert "\n" not in str(info.value)
+
+
+# --- float groups and quantization -----------------------------------------------------------------
+
+
+def test_float_groups_find_the_tail_head_and_pooled_branch():
+    found = float_nodes(segmentation_graph(), list(FLOAT_GROUPS))
+    assert found == {"tail": ["softmax"], "head": ["conv2"], "pooled": ["pool"]}
+    with_classifier = float_nodes(segmentation_graph(with_classifier=True), ["tail"])["tail"]
+    assert set(with_classifier) == {"softmax", "sigmoid", "cat", "unsq", "mul", "sum", "div"}
+    with pytest.raises(CervrtError, match="unknown float group"):
+        float_nodes(segmentation_graph(), ["softmax"])
+
+
+def _run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x})[0]
+
+
+def test_quantize_writes_qdq_and_keeps_the_chosen_groups_in_float():
+    model = segmentation_graph()
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32), dtype=np.float32)
+    quantized, kept = quantize_int8(model, x, ("tail", "head"))
+    assert kept == ["softmax", "conv2"]
+    onnx.checker.check_model(quantized)
+    ops = [n.op_type for n in quantized.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    weight_dq = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and "w1" in n.input[0]]
+    assert weight_dq, "conv1's weights are int8"
+    scales = {t.name: onnx.numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    assert scales[weight_dq[0].input[1]].shape == (8,)  # per output channel
+    conv2 = next(n for n in quantized.graph.node if n.name == "conv2")
+    assert conv2.input[1] == "w2" and scales["w2"].dtype == np.float32  # the head's weights stay float
+    reference, got = _run(model, x), _run(quantized, x)
+    assert got.shape == reference.shape and np.isfinite(got).all()
+    assert np.mean(got.argmax(1) == reference.argmax(1)) > 0.9
+    assert not model.metadata_props or quantized.metadata_props == []
+
+
+def test_quantize_refuses_an_empty_calibration_set():
+    with pytest.raises(CervrtError, match="non-empty"):
+        quantize_int8(segmentation_graph(), np.zeros((0, 3, 32, 32), np.float32))
