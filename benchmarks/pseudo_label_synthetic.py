@@ -62,7 +62,7 @@ def _chance(weak: Path, patch: int, stride: int, min_tissue: float) -> float:
     labels = read_weak_labels(weak / "labels.csv")
     hits = []
     for name, classes in labels.items():
-        image, mask = read_image(weak / "images" / f"{name}.png"), read_mask(weak / "masks" / f"{name}.png")
+        image, mask = read_image(weak / "images" / f"{name}.png"), read_mask(weak / "truth_masks" / f"{name}.png")
         corners = np.array([(y, x) for y in window_starts(image.shape[0], patch, stride)
                             for x in window_starts(image.shape[1], patch, stride)])
         for y, x in corners[tissue_fraction(image, corners, patch) >= min_tissue]:
@@ -104,7 +104,7 @@ def main() -> None:
                                str(data / "weak"), "--labels", str(data / "weak" / "labels.csv"), "--np", str(a.np),
                                "--keep", str(a.keep), "--stride", "32", "--device", "cpu", "--out", str(out / "pl")],
           out, minutes)
-    accuracy = pseudo_label_accuracy(read_pseudo_labels(pl), data / "weak" / "masks")
+    accuracy = pseudo_label_accuracy(read_pseudo_labels(pl), data / "weak" / "truth_masks")
     accuracy["chance"] = _chance(data / "weak", 64, 32, 0.2)
     ens = ["train", "--arch", "ensemble_a", *common[:-2], "--batch-size", "8", "--loss", "ce"]
     total = str(a.cls_epochs + a.seg_epochs)

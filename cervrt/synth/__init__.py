@@ -6,6 +6,13 @@ draw their inputs from here. See :mod:`cervrt.synth.generator` for what a region
 
 from __future__ import annotations
 
-from cervrt.synth.generator import ATYPIA_EXTENT, GENERATOR, synthesize_region, synthesize_slide, write_dataset
+from cervrt.synth.generator import (
+    ATYPIA_EXTENT,
+    GENERATOR,
+    TRUTH_MASKS,
+    synthesize_region,
+    synthesize_slide,
+    write_dataset,
+)
 
-__all__ = ["ATYPIA_EXTENT", "GENERATOR", "synthesize_region", "synthesize_slide", "write_dataset"]
+__all__ = ["ATYPIA_EXTENT", "GENERATOR", "TRUTH_MASKS", "synthesize_region", "synthesize_slide", "write_dataset"]

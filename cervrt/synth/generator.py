@@ -39,11 +39,14 @@ from cervrt.errors import CervrtError
 from cervrt.imageio import write_png
 from cervrt.synth._tissue import ATYPIA_EXTENT, random_grades, random_stain, render, tissue
 
-__all__ = ["ATYPIA_EXTENT", "GENERATOR", "synthesize_region", "synthesize_slide", "write_dataset"]
+__all__ = ["ATYPIA_EXTENT", "GENERATOR", "TRUTH_MASKS", "synthesize_region", "synthesize_slide", "write_dataset"]
 
 #: The ``generator`` entry of ``dataset.json``; a directory holding it may be overwritten.
 GENERATOR = "cervrt.synth"
 _LEGACY_GENERATOR = "cervrt.train.synth"  # what datasets written before the move carry
+#: Where the weak regions' true masks go (``weak/truth_masks``): a name no training reader looks for,
+#: so that weakly supervised training never sees them; only the measurements of pseudo-labels do.
+TRUTH_MASKS = "truth_masks"
 
 _MIN_REGION = 64
 _MIN_SLIDE = 256
@@ -174,14 +177,15 @@ def _metadata(seed: int, size: int, names: list[str], weak: list[str], counts: n
     }
 
 
-def _write_regions(out: Path, prefix: str, names: list[str], key: list[int], size: int, bar: tqdm) -> list[np.ndarray]:
-    """Write ``prefix``images/NAME.png and masks/NAME.png for each name; region i draws from key + [i].
-    Returns each mask's pixel count per class."""
+def _write_regions(out: Path, prefix: str, names: list[str], key: list[int], size: int, bar: tqdm,
+                   masks: str = "masks") -> list[np.ndarray]:
+    """Write ``prefix``images/NAME.png and ``prefix``MASKS/NAME.png for each name; region i draws from
+    key + [i]. Returns each mask's pixel count per class."""
     counts = []
     for i, name in enumerate(names):
         image, mask = synthesize_region(np.random.default_rng([*key, i]), size)
         write_png(out / f"{prefix}images/{name}.png", image)
-        write_png(out / f"{prefix}masks/{name}.png", mask)
+        write_png(out / f"{prefix}{masks}/{name}.png", mask)
         counts.append(np.bincount(mask.ravel(), minlength=5))
         bar.update()
     return counts
@@ -191,7 +195,9 @@ def _finish(out: Path, names: list[str], weak: list[str], labels: dict[str, list
     """Write the weak labels and drop what a previous run left beyond the new counts."""
     for sub in ("images", "masks"):
         _remove_stale(out / sub, "region", set(names))
+    for sub in ("images", TRUTH_MASKS):
         _remove_stale(out / "weak" / sub, "weak", set(weak))
+    _remove_stale(out / "weak" / "masks", "weak", set())  # where truth masks went before
     csv_path = out / "weak" / "labels.csv"
     if weak:
         _write_labels_csv(csv_path, labels)
@@ -254,22 +260,23 @@ def write_dataset(
 
     Layout: ``images/region_NNNN.png`` (RGB) with ``masks/region_NNNN.png`` (greyscale 0..4); with
     ``weak_regions`` > 0 also ``weak/images/weak_NNNN.png``, ``weak/labels.csv`` (``name,labels``,
-    labels the ``;``-joined foreground classes present) and the true ``weak/masks`` for measuring
-    pseudo-labels. Region ``i`` depends only on ``(seed, i)``: the same seed gives byte-identical
-    files, and a larger run extends a smaller one. Every file is written atomically. A non-empty
-    ``out_dir`` is refused unless a previous run of this generator wrote it; then it is overwritten
-    and files of the previous run beyond the new counts are removed.
+    labels the ``;``-joined foreground classes present) and the true ``weak/truth_masks`` for
+    measuring pseudo-labels and pseudo masks (never read by training). Region ``i`` depends only on
+    ``(seed, i)``: the same seed gives byte-identical files, and a larger run extends a smaller one.
+    Every file is written atomically. A non-empty ``out_dir`` is refused unless a previous run of this
+    generator wrote it; then it is overwritten and files of the previous run beyond the new counts are
+    removed.
     """
     _check_counts(regions, size, seed, weak_regions)
     out = Path(out_dir)
     _check_out_dir(out)
     names, weak = _names("region", regions), _names("weak", weak_regions)
-    for sub in ("images", "masks") + (("weak/images", "weak/masks") if weak else ()):
+    for sub in ("images", "masks") + (("weak/images", f"weak/{TRUTH_MASKS}") if weak else ()):
         ensure_writable_dir(out / sub)
     write_json(out / "dataset.json", {"generator": GENERATOR, "complete": False})
     with tqdm(total=regions + weak_regions, desc="synthesizing", unit="region", disable=not progress) as bar:
         counts = _write_regions(out, "", names, [seed, 0], size, bar)
-        weak_counts = _write_regions(out, "weak/", weak, [seed, 1], size, bar)
+        weak_counts = _write_regions(out, "weak/", weak, [seed, 1], size, bar, TRUTH_MASKS)
     labels = {name: [c for c in range(1, 5) if n[c] > 0] for name, n in zip(weak, weak_counts, strict=True)}
     _finish(out, names, weak, labels)
     meta = _metadata(seed, size, names, weak, np.array(counts).reshape(-1, 5))

@@ -16,7 +16,7 @@ import cervrt.synth as cervrt_synth
 from cervrt.constants import MTCHI_MPP
 from cervrt.errors import CervrtError
 from cervrt.synth import GENERATOR, synthesize_region, synthesize_slide, write_dataset
-from cervrt.train.data import read_weak_labels
+from cervrt.train.data import list_regions, read_weak_labels
 
 
 def _region(seed: int, size=128, grades=None):
@@ -158,7 +158,9 @@ def test_write_dataset_layout_and_metadata(tmp_path):
     assert sorted(p.stem for p in (root / "images").glob("*.png")) == names
     assert sorted(p.stem for p in (root / "masks").glob("*.png")) == names
     assert sorted(p.stem for p in (root / "weak" / "images").glob("*.png")) == ["weak_0000", "weak_0001"]
-    assert sorted(p.stem for p in (root / "weak" / "masks").glob("*.png")) == ["weak_0000", "weak_0001"]
+    assert sorted(p.stem for p in (root / "weak" / "truth_masks").glob("*.png")) == ["weak_0000", "weak_0001"]
+    assert not (root / "weak" / "masks").exists()  # a name training reads: the truth stays out of its way
+    assert all(r.mask_path is None for r in list_regions(root / "weak", require_masks=False))
     assert json.loads((root / "dataset.json").read_text()) == meta
     assert meta["generator"] == GENERATOR and meta["seed"] == 4 and meta["size"] == [128, 128]
     assert meta["mpp"] == MTCHI_MPP and meta["class_names"][4] == "CIN 3"
@@ -205,7 +207,7 @@ def test_weak_labels_csv_matches_the_true_masks(tmp_path):
         rows = list(csv.reader(handle))
     assert rows[0] == ["name", "labels"] and len(rows) == 5
     for name, labels in rows[1:]:
-        mask = cv2.imread(str(tmp_path / "weak" / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(tmp_path / "weak" / "truth_masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         present = sorted(set(np.unique(mask).tolist()) - {0})
         assert labels == ";".join(str(c) for c in present)
     parsed = read_weak_labels(tmp_path / "weak" / "labels.csv")
@@ -257,3 +259,12 @@ def test_the_generator_and_the_image_io_never_import_torch():
             "sys.exit('torch' in sys.modules)")
     root = str(Path(cervrt_synth.__file__).parents[2])
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+def test_truth_masks_a_previous_version_wrote_to_weak_masks_are_removed(tmp_path):
+    write_dataset(tmp_path, regions=1, size=64, seed=0, weak_regions=1, progress=False)
+    (tmp_path / "weak" / "masks").mkdir()
+    (tmp_path / "weak" / "truth_masks" / "weak_0000.png").rename(tmp_path / "weak" / "masks" / "weak_0000.png")
+    write_dataset(tmp_path, regions=1, size=64, seed=0, weak_regions=1, progress=False)
+    assert not list((tmp_path / "weak" / "masks").iterdir())
+    assert (tmp_path / "weak" / "truth_masks" / "weak_0000.png").is_file()

@@ -8,6 +8,8 @@ Phase 1 takes patches with the set of foreground classes they show, from one of 
 - image-level labelled regions (``DIR/images`` + a ``name,labels`` CSV, e.g. ``cervrt synth
   --weak``): windows whose non-glass share reaches the minimum, each inheriting its region's
   labels. That is exact when regions are patch-sized (as in LUAD-HistoSeg) and noisy otherwise.
+  True masks, when present (``DIR/truth_masks`` of a synthetic set, or ``DIR/masks``), only measure
+  the pseudo masks.
 
 Phase 2 reads what ``cervrt wsss pseudo-masks`` writes (:data:`MASK_DIRS`): ``images/NAME.png``
 (the patch), ``masks_layer2/``, ``masks_layer3/`` and ``masks/`` (the last layer's pseudo mask, so
@@ -28,6 +30,7 @@ from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
 from cervrt.errors import CervrtError
 from cervrt.glass import GlassThreshold
 from cervrt.runtime.tiling import check_tiling, window_starts
+from cervrt.synth import TRUTH_MASKS
 from cervrt.train.data import (
     Region,
     extract_patches,
@@ -119,6 +122,13 @@ def _from_masks(root: str, patch: int, stride: int, min_foreground: float, min_s
     return source
 
 
+def _truth_path(root: Path, region: Region) -> Path | None:
+    """A weak region's true mask, for measuring only: ``truth_masks/NAME.png`` (``cervrt synth --weak``),
+    else ``masks/NAME.png``, else None."""
+    truth = root / TRUTH_MASKS / f"{region.name}.png"
+    return truth if truth.is_file() else region.mask_path
+
+
 def _from_csv(root: str, csv_path: str, patch: int, stride: int, min_tissue: float,
               glass: GlassThreshold) -> WeakSource:
     labels = read_weak_labels(csv_path)
@@ -135,7 +145,8 @@ def _from_csv(root: str, csv_path: str, patch: int, stride: int, min_tissue: flo
                 if tissue[y : y + patch, x : x + patch].mean() >= min_tissue:
                     source.samples.append(WeakSample(index, y, x, tuple(sorted(labels[region.name]))))
         source.images.append(image)
-        mask = None if region.mask_path is None else pad_to_patch(read_mask(region.mask_path), patch, 0)
+        truth = _truth_path(Path(root), region)
+        mask = None if truth is None else pad_to_patch(read_mask(truth), patch, 0)
         source.masks.append(mask if mask is not None and mask.shape == image.shape[:2] else None)
     return source
 
