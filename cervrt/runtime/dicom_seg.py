@@ -11,7 +11,8 @@ model's sha256 as a parameter.
 
 Geometry (SPEC "Coordinates"): mask pixel (i, j) covers level-0 pixels [j * d, (j + 1) * d) x
 [i * d, (i + 1) * d) with ``d = downsample``; the SEG's pixel spacing is ``d`` times the source's and
-its total pixel matrix starts where the source's does. From a DICOM slide (``source_datasets`` of a
+its pixels are centred on the source pixels they cover (DICOM places a pixel at its centre: the SEG's
+origin lies (F - 1) / 2 source pixels past the source's, F = d * 2^k). From a DICOM slide (``source_datasets`` of a
 :class:`~cervrt.runtime.dicom_slide.DicomSlide`) the SEG references the source series, study and
 frame of reference, so that a viewer overlays it; from any other slide it is standalone: a source
 description (never written) gives it a new study, frame of reference and the slide's level-0
@@ -229,7 +230,8 @@ class DicomSegWriter:
                 pixel_spacing=(spacing[0] * self.downsample * f, spacing[1] * self.downsample * f),
                 slice_thickness=thickness)
             seg = self._hd.seg.Segmentation(
-                source_images=[source], pixel_array=labels,  # segment numbers (a label image: both types take it)
+                source_images=[_centred(source, (self.downsample * f - 1) / 2)],
+                pixel_array=labels,  # segment numbers: a label image, which both segmentation types take
                 segmentation_type=seg_type, segment_descriptions=descriptions, series_instance_uid=series_uid,
                 series_number=900, sop_instance_uid=self._hd.UID(), instance_number=level + 1,
                 manufacturer="cervrt", manufacturer_model_name=f"cervrt {self.model_arch}",
@@ -240,6 +242,40 @@ class DicomSegWriter:
                     self._pydicom.uid.ExplicitVRLittleEndian))
             seg.save_as(out / f"level-{level}.dcm")
             del seg, labels
+
+
+def _centred(source: Any, shift: float) -> Any:
+    """The source with its total pixel matrix origin moved ``shift`` source pixels along rows and columns.
+
+    DICOM places a pixel at its centre; a SEG pixel covering F x F source pixels is centred (F - 1) / 2
+    source pixels past the centre of the first one it covers. highdicom starts a derived image where its
+    source starts, so it is handed a shallow copy whose origin is moved (same UIDs, same frame of reference).
+    """
+    if shift == 0:
+        return source
+    import copy
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    row_sp, col_sp = (float(v) for v in source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing)
+    r = [float(v) for v in source.ImageOrientationSlide]
+    old = source.TotalPixelMatrixOriginSequence[0]
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem = round(float(old.XOffsetInSlideCoordinateSystem)
+                                                  + shift * (col_sp * r[0] + row_sp * r[3]), 9)
+    origin.YOffsetInSlideCoordinateSystem = round(float(old.YOffsetInSlideCoordinateSystem)
+                                                  + shift * (col_sp * r[1] + row_sp * r[4]), 9)
+    if "ZOffsetInSlideCoordinateSystem" in old:
+        origin.ZOffsetInSlideCoordinateSystem = old.ZOffsetInSlideCoordinateSystem
+    moved = Dataset()
+    for element in source:  # a new element dict; a pydicom shallow copy would share (and change) the source's
+        moved[element.tag] = element
+    if hasattr(source, "file_meta"):
+        moved.file_meta = copy.copy(source.file_meta)
+    del moved.TotalPixelMatrixOriginSequence  # setting it in place would change the shared element
+    moved.TotalPixelMatrixOriginSequence = DicomSequence([origin])
+    return moved
 
 
 def _standalone_source(pydicom: Any, level0_size: tuple[int, int], level0_mpp: float | None) -> Any:

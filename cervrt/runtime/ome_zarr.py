@@ -5,7 +5,10 @@ one colour per class, the palette's, background transparent; ``properties`` with
 its levels ``0``, ``1``, ... the mask subsampled nearest-neighbour by 1, 2, 4, ... (labels are never
 averaged) until a level fits in one chunk. Level ``k``'s pixel (i, j) is mask pixel (i * 2^k, j * 2^k)
 and its ``scale`` is 2^k times the mask's pixel size: micrometres when the mpp is known, else mask
-pixels. The root's ``cervrt`` attribute gives the mask-to-level-0 ``downsample`` (mask pixel (i, j)
+pixels. NGFF puts a pixel's centre at its index times the scale, plus the translation: the translation
+centres each level's pixels on the level-0 pixels they cover (SPEC "Coordinates"), so that level-0 pixel
+x (centre at x * level-0 size) falls in level pixel floor((x + 0.5) / F), F the level-0 pixels per level
+pixel. The root's ``cervrt`` attribute gives the mask-to-level-0 ``downsample`` (mask pixel (i, j)
 covers level-0 [j * d, (j + 1) * d) x [i * d, (i + 1) * d)), the class names and the mpp.
 
 Memory: rows are buffered until one chunk row (``_CHUNK`` rows x width bytes) is complete, then written
@@ -156,10 +159,17 @@ class OmeZarrWriter:
         except OSError as exc:
             raise CervrtError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
+    def _transforms(self, f: int) -> list[dict[str, Any]]:
+        """Scale and translation of the level subsampled by ``f``: its pixel j covers level-0 [j * F, (j + 1) * F)
+        with F = downsample * f, so its centre lies (F - 1) / 2 level-0 pixels past level-0 pixel j * F's centre."""
+        level0 = (self.mpp / self.downsample) if self.mpp else 1.0 / self.downsample  # um (or mask px) per level-0 px
+        big = self.downsample * f
+        return [{"type": "scale", "scale": [level0 * big] * 2},
+                {"type": "translation", "translation": [level0 * (big - 1) / 2] * 2}]
+
     def _write_metadata(self) -> None:
         unit = "micrometer" if self.mpp else None
-        pixel = self.mpp or 1.0
-        datasets = [{"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [pixel * f, pixel * f]}]}
+        datasets = [{"path": str(k), "coordinateTransformations": self._transforms(f)}
                     for k, f in enumerate(self.factors)]
         axes = [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in ("y", "x")]
         self._writer.write_multiscales_metadata(self._image, datasets=datasets, axes=axes, name=LABEL_NAME)

@@ -52,6 +52,9 @@ def test_pyramid_colours_and_class_names_read_back(tmp_path):
     ms = group.attrs["ome"]["multiscales"][0]
     assert [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]] == [
         pytest.approx([0.904 * f] * 2) for f in (1, 2, 4)]
+    level0_mpp = 0.904 / 3.616  # translation: (F - 1) / 2 level-0 pixels, F = 3.616 * f
+    assert [d["coordinateTransformations"][1]["translation"] for d in ms["datasets"]] == [
+        pytest.approx([level0_mpp * (3.616 * f - 1) / 2] * 2) for f in (1, 2, 4)]
     assert ms["axes"][0]["unit"] == "micrometer"
     assert zarr.open_group(str(path), mode="r").attrs["cervrt"]["downsample"] == pytest.approx(3.616)
     assert sorted(os.listdir(tmp_path)) == ["s.ome.zarr"]
