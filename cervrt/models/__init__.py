@@ -54,4 +54,4 @@ register_model("wsss_seg", {"encoder": _ENCODERS, "cls_encoder": _ENCODERS},
                has_classifier=True)(WSSSSegmenter)
 register_model("wsss_cls", {"encoder": _ENCODERS}, {"encoder": "resnet34"},
                "WSSS phase 1: multi-label PDA patch classifier (trained by `cervrt wsss train-cls`)",
-               task="classification")(WSSSClassifier)
+               task="classification", trained_by="wsss train-cls")(WSSSClassifier)

@@ -28,7 +28,8 @@ class ModelSpec:
     Capabilities answer what callers used to probe the model class for: ``task`` ("segmentation" or
     "classification"), ``has_classifier`` (a segmentation model with a patch classifier head, which
     also outputs ``class_probs``), ``is_classifier`` (predicts patch classes only, no masks) and
-    ``size_multiple`` (input sides must be a multiple of it).
+    ``size_multiple`` (input sides must be a multiple of it), ``trained_by`` (the cervrt command
+    that trains it: ``train`` for all but the WSSS phase-1 classifier, ``wsss train-cls``).
     """
 
     name: str
@@ -39,6 +40,7 @@ class ModelSpec:
     task: str = "segmentation"
     has_classifier: bool = False
     size_multiple: int = 32
+    trained_by: str = "train"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -73,12 +75,14 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register_model(name: str, choices: dict[str, tuple[Any, ...]], defaults: dict[str, Any],
                    description: str = "", *, task: str = "segmentation", has_classifier: bool = False,
-                   size_multiple: int = 32) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+                   size_multiple: int = 32, trained_by: str = "train"
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model class or factory under ``name`` with its capabilities."""
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = ModelSpec(name, builder, choices, defaults, description, task=task,
-                                    has_classifier=has_classifier, size_multiple=size_multiple)
+                                    has_classifier=has_classifier, size_multiple=size_multiple,
+                                    trained_by=trained_by)
         return builder
 
     return decorate

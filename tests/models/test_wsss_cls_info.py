@@ -46,3 +46,10 @@ def test_it_rebuilds_from_its_checkpoint_with_the_same_logits(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), rebuilt(x))
     assert isinstance(create_model("wsss_cls"), WSSSClassifier)
+
+
+def test_its_spec_says_which_command_trains_it():
+    from cervrt.models import get_spec
+
+    assert get_spec("wsss_cls").trained_by == "wsss train-cls" and get_spec("wsss_cls").is_classifier
+    assert {get_spec(n).trained_by for n in ("hspnet", "ensemble_a", "classifier", "wsss_seg")} == {"train"}
