@@ -34,7 +34,7 @@ from cervrt.runtime.predictor import STAGES, Predictor  # noqa: E402
 
 
 def _image(size: int) -> np.ndarray:
-    from tests.runtime.tiny_model import tissue_image
+    from tests.support.tiny_onnx import tissue_image
 
     return tissue_image(np.random.default_rng(0), size, size)
 
@@ -58,7 +58,7 @@ def main() -> None:
         work = Path(tmp)
         model = args.engine
         if model is None:
-            from tests.runtime.tiny_model import save_tiny_model
+            from tests.support.tiny_onnx import save_tiny_model
 
             model = save_tiny_model(work / "tiny.onnx")
         slide = work / "bench.png"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cervrt._cv import cv2
-from tests.runtime.tiny_model import save_tiny_model, slide_image, tissue_image
+from tests.support.tiny_onnx import save_tiny_model, slide_image, tissue_image
 
 OUTPUTS = ("json", "mask.png", "overlay.jpg")
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from cervrt._cv import cv2
 from cervrt.demo_infer import SLIDE_SIZE, demo_inference
-from tests.runtime.tiny_model import save_tiny_model
+from tests.support.tiny_onnx import save_tiny_model
 
 
 def test_demo_inference_scores_the_mask_it_wrote(tmp_path):

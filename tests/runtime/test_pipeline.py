@@ -24,7 +24,7 @@ from cervrt.runtime.pipeline import (
 )
 from cervrt.runtime.predictor import Predictor
 from cervrt.runtime.stitcher import BandStitcher, ProbabilityStitcher
-from tests.runtime.tiny_model import save_tiny_model, tissue_image
+from tests.support.tiny_onnx import save_tiny_model, tissue_image
 
 
 class _Loader:

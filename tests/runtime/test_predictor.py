@@ -20,7 +20,7 @@ from cervrt.runtime.pipeline import StageTimer, batches, gate_factors, plan_rows
 from cervrt.runtime.predictor import FusionPath, Predictor, choose_fusion
 from cervrt.runtime.slide_run import SlideRows, mask_format
 from cervrt.runtime.tiling import blend_weights, window_starts
-from tests.runtime.tiny_model import MPP, PATCH, save_tiny_model, slide_image, tissue_image
+from tests.support.tiny_onnx import MPP, PATCH, save_tiny_model, slide_image, tissue_image
 
 STRIDE = 16
 

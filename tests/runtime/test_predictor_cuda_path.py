@@ -17,7 +17,7 @@ from cervrt.engines import base
 from cervrt.engines.onnxruntime import OnnxRuntimeEngine
 from cervrt.runtime import cuda_path
 from cervrt.runtime.predictor import FusionPath, Predictor
-from tests.runtime.tiny_model import MPP, save_tiny_model, tissue_image
+from tests.support.tiny_onnx import MPP, save_tiny_model, tissue_image
 
 
 class _EmulatedPlan:
