@@ -124,7 +124,7 @@ def test_find_reference_by_sha(tmp_path):
 
 @pytest.mark.parametrize("text", ["", "0", "1,x", "-2", "8,,1"])
 def test_bad_batch_sizes(text):
-    with pytest.raises(CervrtError, match="--batch-sizes"):
+    with pytest.raises(CervrtError, match=r"^batch_sizes takes"):
         parse_batch_sizes(text)
 
 
@@ -139,7 +139,7 @@ def test_config_refuses_missing_and_foreign_models(tmp_path):
     other.write_text("x")
     with pytest.raises(CervrtError, match=r"\.onnx"):
         BenchConfig(out=tmp_path / "r", models=(other,))
-    with pytest.raises(CervrtError, match="--out"):
+    with pytest.raises(CervrtError, match="needs an output directory"):
         BenchConfig(out=None)
 
 

@@ -51,9 +51,9 @@ def parse_batch_sizes(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...
     try:
         sizes = [int(item) for item in items]
     except ValueError:
-        raise CervrtError(f"--batch-sizes takes comma-separated positive integers such as 1,8, got {text!r}") from None
+        raise CervrtError(f"batch_sizes takes comma-separated positive integers such as 1,8, got {text!r}") from None
     if not sizes or any(not 1 <= s <= _MAX_BATCH for s in sizes):
-        raise CervrtError(f"--batch-sizes takes integers from 1 to {_MAX_BATCH} such as 1,8, got {text!r}")
+        raise CervrtError(f"batch_sizes takes integers from 1 to {_MAX_BATCH} such as 1,8, got {text!r}")
     return tuple(dict.fromkeys(sizes))
 
 
@@ -83,13 +83,13 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.out is None:
-            raise CervrtError("cervrt bench needs --out DIR for its report (or --paper for the papers' table)")
+            raise CervrtError("a benchmark needs an output directory (out) for its report")
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "models", tuple(_check_model(Path(p)) for p in self.models))
         object.__setattr__(self, "batch_sizes", parse_batch_sizes(self.batch_sizes))
         if self.quick and self.settings is FULL:
             object.__setattr__(self, "settings", QUICK)
         if self.out.exists() and not self.out.is_dir():
-            raise CervrtError(f"--out {self.out} exists and is not a directory")
+            raise CervrtError(f"the report directory {self.out} exists and is not a directory")
         if self.out.exists() and not os.access(self.out, os.W_OK):
-            raise CervrtError(f"--out {self.out} is not writable")
+            raise CervrtError(f"the report directory {self.out} is not writable")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cervrt.bench.config import FULL, QUICK, BenchConfig
+from cervrt.bench.config import FULL, QUICK, BenchConfig, parse_batch_sizes
 from cervrt.cli._base import default
 from cervrt.devices import DEVICE_CHOICES
+from cervrt.errors import CervrtError
 
 __all__ = ["bench"]
 
@@ -43,5 +44,11 @@ def bench(more_models: tuple[str, ...], models: tuple[str, ...], batch_sizes: st
     if paper:
         click.echo(format_paper_table(paper_table()))
         return
-    config = BenchConfig(out=out, models=models + more_models, batch_sizes=batch_sizes, quick=quick, device=device)
+    if out is None:
+        raise CervrtError("cervrt bench needs --out DIR for its report (or --paper for the papers' table)")
+    try:
+        sizes = parse_batch_sizes(batch_sizes)
+    except CervrtError as exc:  # the library names its argument; the user typed the flag
+        raise CervrtError(f"--{str(exc).replace('_', '-', 1)}") from None
+    config = BenchConfig(out=out, models=models + more_models, batch_sizes=sizes, quick=quick, device=device)
     click.echo(format_report(run_bench(config, echo=click.echo)))
