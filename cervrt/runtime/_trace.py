@@ -115,11 +115,12 @@ def _loops(nxt: np.ndarray, start: np.ndarray, saddle: np.ndarray) -> list[list[
     return loops
 
 
-def trace_components(mask: np.ndarray, row_offset: int = 0) -> tuple[list[Component], np.ndarray]:
+def trace_components(mask: np.ndarray, row_offset: int = 0, col_offset: int = 0) -> tuple[list[Component], np.ndarray]:
     """The 4-connected components of a boolean mask with their rings in pixel-corner coordinates, and the
     int32 label image (0 background, component j has label j + 1).
 
-    ``row_offset`` is added to every y (for a band of a larger mask); components come in label order.
+    ``row_offset`` and ``col_offset`` are added to every y and x (for a crop of a larger mask); components
+    come in label order.
     """
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     if not mask.any():
@@ -138,7 +139,7 @@ def trace_components(mask: np.ndarray, row_offset: int = 0) -> tuple[list[Compon
     # twice the signed (shoelace) area: a run (x0, y0) -> (x1, y1) adds x0 * y1 - x1 * y0
     area2 = np.add.reduceat((sx * ey - ex * sy)[order].astype(np.int64), offsets)
     owner = cc[prow[order[offsets]], pcol[order[offsets]]]
-    corners = np.stack([sx[order], sy[order] + row_offset], axis=1).astype(np.float64)
+    corners = np.stack([sx[order] + col_offset, sy[order] + row_offset], axis=1).astype(np.float64)
     for ring, a2, k in zip(np.split(corners, offsets[1:]), area2.tolist(), owner.tolist(), strict=True):
         component = components[k - 1]
         (component.exteriors if a2 > 0 else component.holes).append(ring)

@@ -194,11 +194,17 @@ class GeoJsonWriter:
         first_ids = np.full(self.width, -1, np.int64)
         last_ids = np.full(self.width, -1, np.int64)
         touching_bottom: set[int] = set()
-        for k in (int(v) for v in np.unique(band) if v > 0):
+        for k in np.flatnonzero(np.bincount(band.ravel(), minlength=1)[1:]) + 1:
             mask = band == k
-            lut, cc = self._trace_class(k, mask, first, probs, touching_bottom, last)
-            first_ids = np.where(mask[0], lut[cc[0]], first_ids)
-            last_ids = np.where(mask[-1], lut[cc[-1]], last_ids)
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1  # the class's box
+            crop = mask[r0:r1, c0:c1]
+            lut, cc = self._trace_class(int(k), crop, first + r0, c0, None if probs is None else probs[r0:r1, c0:c1],
+                                        touching_bottom, last)
+            if r0 == 0:
+                first_ids[c0:c1] = np.where(crop[0], lut[cc[0]], first_ids[c0:c1])
+            if r1 == band.shape[0]:
+                last_ids[c0:c1] = np.where(crop[-1], lut[cc[-1]], last_ids[c0:c1])
         if self._last_ids is not None:  # join regions of one class continued across the band border
             both = (self._last_ids >= 0) & (first_ids >= 0) & (self._last_labels == band[0])
             for a, b in set(zip(self._last_ids[both].tolist(), first_ids[both].tolist(), strict=True)):
@@ -219,11 +225,12 @@ class GeoJsonWriter:
         self._last_ids = np.array([roots.get(v, -1) for v in last_ids.tolist()], np.int64) if roots else last_ids
         self._last_labels = band[-1].copy()
 
-    def _trace_class(self, k: int, mask: np.ndarray, first: int, probs: np.ndarray | None,
+    def _trace_class(self, k: int, mask: np.ndarray, first: int, col: int, probs: np.ndarray | None,
                      touching_bottom: set[int], last: int) -> tuple[np.ndarray, np.ndarray]:
-        """Trace class ``k`` in the band: each component becomes an open region. Returns the region id of
-        each component label (-1 for label 0) and the component label image."""
-        components, cc = trace_components(mask, row_offset=first)
+        """Trace class ``k`` in a box of the band whose top-left is mask pixel (``first``, ``col``): each component
+        becomes an open region. Returns the region id of each component label (-1 for label 0) and the
+        component label image of the box."""
+        components, cc = trace_components(mask, row_offset=first, col_offset=col)
         sums = None if probs is None else np.bincount(cc.ravel(), probs.ravel(), len(components) + 1)
         lut = np.full(len(components) + 1, -1, np.int64)
         for j, comp in enumerate(components):
