@@ -18,6 +18,14 @@ import pytest
 
 from cervrt.constants import CLASS_NAMES, PALETTE
 from cervrt.runtime.outputs import MaskWriter
+from tests.support.readback import (
+    geojson_on_level0,
+    seg_on_level0,
+    slide_geometry,
+    tiff_on_level0,
+    to_level0,
+    zarr_on_level0,
+)
 
 TARGET = 0.904
 H0, W0 = 1400, 1100  # level-0 slide size
@@ -45,94 +53,7 @@ def _processing_mask(level0: np.ndarray, d: float) -> np.ndarray:
 
 
 def _to_level0(mask: np.ndarray, per_pixel: float) -> np.ndarray:
-    """A mask on level 0 by the contract: level-0 pixel x lies in mask pixel floor((x + 0.5) / F)."""
-    rows = np.minimum(np.floor((np.arange(H0) + 0.5) / per_pixel).astype(int), mask.shape[0] - 1)
-    cols = np.minimum(np.floor((np.arange(W0) + 0.5) / per_pixel).astype(int), mask.shape[1] - 1)
-    return mask[np.ix_(rows, cols)]
-
-
-def _index(physical: np.ndarray, origin: float, step: float, n: int) -> np.ndarray:
-    """Pixel index whose centre (origin + index * step) is nearest to each physical coordinate."""
-    return np.clip(np.floor((physical - origin) / step + 0.5).astype(int), 0, n - 1)
-
-
-# --- one independent reader per output ----------------------------------------------------------
-
-
-def _tiff_on_level0(path, mpp0: float) -> np.ndarray:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        mask = page.asarray()
-        xres = page.tags["XResolution"].value
-        assert page.tags["ResolutionUnit"].value == 3  # centimetre
-    mask_mpp = 1e4 * xres[1] / xres[0]
-    return _to_level0(mask, mask_mpp / mpp0)
-
-
-def _geojson_on_level0(path) -> np.ndarray:
-    import json
-
-    shapely = pytest.importorskip("shapely")
-    from shapely.geometry import shape
-
-    out = np.zeros((H0, W0), np.uint8)
-    for f in json.loads(path.read_text())["features"]:
-        geom = shape(f["geometry"])
-        shapely.prepare(geom)
-        x0, y0, x1, y1 = (int(np.floor(v)) for v in geom.bounds)
-        ys, xs = np.mgrid[max(y0, 0) : min(y1 + 1, H0), max(x0, 0) : min(x1 + 1, W0)]
-        inside = shapely.contains_xy(geom, xs + 0.5, ys + 0.5)  # level-0 pixel centres
-        assert not out[ys[inside], xs[inside]].any(), "two polygons cover one pixel"
-        out[ys[inside], xs[inside]] = CLASS_NAMES.index(f["properties"]["classification"]["name"])
-    return out
-
-
-def _zarr_on_level0(path, mpp0: float) -> np.ndarray:
-    pytest.importorskip("ome_zarr")
-    from ome_zarr.io import parse_url
-    from ome_zarr.reader import Reader
-
-    (node,) = [n for n in Reader(parse_url(str(path / "labels" / "segmentation")))() if "image-label" in str(n.specs)
-               or n.metadata.get("color")]
-    mask = np.asarray(node.data[0])
-    transforms = node.metadata["coordinateTransformations"][0]
-    scale = next(t["scale"] for t in transforms if t["type"] == "scale")
-    shift = next((t["translation"] for t in transforms if t["type"] == "translation"), [0.0, 0.0])
-    centres = np.arange(max(H0, W0)) * mpp0  # level-0 pixel centres in micrometres (NGFF: centre at index * size)
-    rows = _index(centres[:H0], shift[0], scale[0], mask.shape[0])
-    cols = _index(centres[:W0], shift[1], scale[1], mask.shape[1])
-    return mask[np.ix_(rows, cols)]
-
-
-def _slide_geometry(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
-    """Origin (X, Y) in mm, row and column direction cosines and spacing of a DICOM total pixel matrix."""
-    o = ds.TotalPixelMatrixOriginSequence[0]
-    origin = np.array([float(o.XOffsetInSlideCoordinateSystem), float(o.YOffsetInSlideCoordinateSystem)])
-    cos = [float(v) for v in ds.ImageOrientationSlide]
-    row_sp, col_sp = (float(v) for v in ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing)
-    return origin, np.array(cos[:2]), np.array(cos[3:5]), row_sp, col_sp
-
-
-def _seg_on_level0(path, source_geometry) -> np.ndarray:
-    hd = pytest.importorskip("highdicom")
-    seg = hd.seg.segread(path)
-    numbers = seg.get_total_pixel_matrix(combine_segments=True, skip_overlap_checks=True)
-    lut = np.zeros(256, np.uint8)
-    for s in seg.SegmentSequence:
-        if s.SegmentLabel in CLASS_NAMES:
-            lut[int(s.SegmentNumber)] = CLASS_NAMES.index(s.SegmentLabel)
-    mask = lut[numbers]
-    o0, r0, c0, rs0, cs0 = source_geometry
-    o, r, c, rs, cs = _slide_geometry(seg)
-    assert np.allclose(r, r0) and np.allclose(c, c0)
-    # level-0 pixel (x, y) centre in slide mm: o0 + x * cs0 * r0 + y * rs0 * c0; project on the SEG's axes
-    x_mm = o0[None, :] + np.arange(W0)[:, None] * cs0 * r0[None, :]
-    y_mm = o0[None, :] + np.arange(H0)[:, None] * rs0 * c0[None, :]
-    cols = _index((x_mm - o) @ r, 0.0, cs, mask.shape[1])
-    rows = _index((y_mm - o) @ c, 0.0, rs, mask.shape[0])
-    return mask[np.ix_(rows, cols)]
+    return to_level0(mask, per_pixel, H0, W0)
 
 
 # --- the contract ---------------------------------------------------------------------------------
@@ -164,19 +85,19 @@ def test_every_output_puts_each_class_on_the_same_level0_pixels(case):
     assert (expected[~border] == level0[~border]).all()
 
     _write(MaskWriter(tmp / "m.tiff", *mask.shape, fmt="tiff", mpp=TARGET), mask)
-    np.testing.assert_array_equal(_tiff_on_level0(tmp / "m.tiff", mpp0), expected)
+    np.testing.assert_array_equal(tiff_on_level0(tmp / "m.tiff", mpp0, H0, W0), expected)
 
     from cervrt.runtime.geojson import GeoJsonWriter
 
     _write(GeoJsonWriter(tmp / "m.geojson", *mask.shape, CLASS_NAMES, PALETTE, downsample=d, mpp=TARGET,
                          band_rows=50), mask)
-    np.testing.assert_array_equal(_geojson_on_level0(tmp / "m.geojson"), expected)
+    np.testing.assert_array_equal(geojson_on_level0(tmp / "m.geojson", H0, W0), expected)
 
     pytest.importorskip("ome_zarr")
     from cervrt.runtime.ome_zarr import OmeZarrWriter
 
     _write(OmeZarrWriter(tmp / "m.ome.zarr", *mask.shape, CLASS_NAMES, PALETTE, mpp=TARGET, downsample=d), mask)
-    np.testing.assert_array_equal(_zarr_on_level0(tmp / "m.ome.zarr", mpp0), expected)
+    np.testing.assert_array_equal(zarr_on_level0(tmp / "m.ome.zarr", mpp0, H0, W0), expected)
 
     pytest.importorskip("highdicom")
     from cervrt.runtime.dicom_seg import DicomSegWriter
@@ -186,7 +107,7 @@ def test_every_output_puts_each_class_on_the_same_level0_pixels(case):
     _write(seg, mask)
     # the standalone SEG's source: level-0 pixel (0, 0) centred on the slide origin, cervrt's orientation
     standalone = (np.zeros(2), np.array([0.0, -1.0]), np.array([-1.0, 0.0]), mpp0 / 1e3, mpp0 / 1e3)
-    np.testing.assert_array_equal(_seg_on_level0(seg.files[0], standalone), expected)
+    np.testing.assert_array_equal(seg_on_level0(seg.files[0], standalone, H0, W0), expected)
 
 
 def test_a_seg_over_a_dicom_source_lands_on_the_source_pixels(tmp_path):
@@ -210,6 +131,6 @@ def test_a_seg_over_a_dicom_source_lands_on_the_source_pixels(tmp_path):
         seg = DicomSegWriter(tmp_path / "m.seg", *mask.shape, CLASS_NAMES, PALETTE, downsample=d, mpp=slide.mpp,
                              source_datasets=slide.source_datasets)
         _write(seg, mask)
-        source = _slide_geometry(slide.source_datasets[0])
+        source = slide_geometry(slide.source_datasets[0])
         assert (slide.width, slide.height) == mask.shape[::-1]
-    np.testing.assert_array_equal(_seg_on_level0(seg.files[0], source), _to_level0(mask, d))
+    np.testing.assert_array_equal(seg_on_level0(seg.files[0], source, H0, W0), _to_level0(mask, d))
