@@ -164,3 +164,67 @@ def test_quantize_writes_qdq_and_keeps_the_chosen_groups_in_float():
 def test_quantize_refuses_an_empty_calibration_set():
     with pytest.raises(CervrtError, match="non-empty"):
         quantize_int8(segmentation_graph(), np.zeros((0, 3, 32, 32), np.float32))
+
+
+# --- the gate ------------------------------------------------------------------------------------
+
+
+def _patches(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32), dtype=np.float32)
+
+
+def test_gate_tries_the_ladder_in_turn_and_keeps_the_first_that_passes(monkeypatch):
+    from cervrt.export import int8
+
+    monkeypatch.setattr(int8, "INT8_AGREEMENT", 0.5)
+    lines = []
+    result = int8.quantize_gated(segmentation_graph(), _patches(8, 0), _patches(4, 1), lines.append)
+    assert (result.method, result.groups, result.calibration_patches) == ("minmax", ("tail", "head"), 8)
+    assert len(result.checks) == 1 and result.checks[0].agreement >= 0.5
+    assert lines[0].startswith("parity int8 onnx (minmax, 8 patches, float: tail, head) vs fp32 onnx")
+    assert "max |diff|" in lines[0] and "argmax agreement" in lines[0]
+
+
+def test_gate_below_threshold_fails_in_one_line_after_every_try(monkeypatch):
+    from cervrt.export import int8
+
+    monkeypatch.setattr(int8, "INT8_AGREEMENT", 1.01)  # nothing can pass
+    lines = []
+    with pytest.raises(CervrtError, match=r"below 101\.00%.*no file was written") as info:
+        int8.quantize_gated(segmentation_graph(), _patches(8, 0), _patches(4, 1), lines.append)
+    assert "\n" not in str(info.value)
+    assert [line.split(" vs ")[0] for line in lines] == [
+        "parity int8 onnx (minmax, 8 patches, float: tail, head)",
+        "parity int8 onnx (percentile, 8 patches, float: tail, head)",
+        "parity int8 onnx (percentile, 8 patches, float: tail, head, pooled)"]
+
+
+def test_percentile_takes_a_bounded_number_of_patches():
+    from cervrt.export.int8 import _PERCENTILE_PIXELS, _percentile_count
+
+    assert _percentile_count(np.zeros((32, 3, 400, 400), np.float32)) == _PERCENTILE_PIXELS // 160000
+    assert _percentile_count(np.zeros((5, 3, 64, 64), np.float32)) == 5
+
+
+def test_build_int8_records_what_stayed_in_float_and_how_it_was_calibrated(monkeypatch, tmp_path):
+    from cervrt.artifact import read_metadata
+    from cervrt.export import int8
+    from cervrt.export.calibration import CalibrationSet
+    from tests.engines.conftest import ONNX_META
+
+    monkeypatch.setattr(int8, "INT8_AGREEMENT", 0.5)
+    rng = np.random.default_rng(0)
+    drawn = CalibrationSet(rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8),
+                           rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), ("a.png", "b.svs"))
+    model, metadata, result = int8.build_int8(segmentation_graph(), dict(ONNX_META), drawn)
+    onnx.save(model, tmp_path / "m.int8.onnx")
+    stored = read_metadata(tmp_path / "m.int8.onnx")
+    assert stored["precision"] == "int8" and metadata["precision"] == "int8"
+    entry = stored["int8"]
+    assert entry["format"] == "QDQ" and entry["calibration_method"] == "minmax"
+    assert entry["calibration_patches"] == 8 and entry["holdout_patches"] == 4
+    assert entry["calibration_sources"] == ["a.png", "b.svs"]
+    assert set(entry["float_groups"]) == {"tail", "head"} and stored["fp32_ops"] == ["Conv", "Softmax"]
+    assert entry["tries"][0]["agreement"] == result.checks[0].agreement
+    check = result.verify(ort.InferenceSession(str(tmp_path / "m.int8.onnx"), providers=["CPUExecutionProvider"]))
+    assert check.agreement == result.checks[0].agreement  # the written file computes what was checked
