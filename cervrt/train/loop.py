@@ -42,7 +42,7 @@ from cervrt.train.stages import (
     stage_out,
     train_mode,
 )
-from cervrt.train.tensors import resolve_device
+from cervrt.train.tensors import optimizer_step, resolve_device
 
 __all__ = ["TrainConfig", "TrainHooks", "TrainResult", "train"]
 
@@ -206,14 +206,7 @@ class _Run:
         images, masks, labels = (t.to(self.device, non_blocking=True) for t in (images, masks, labels))
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             loss = stage_loss(self.stage, self.model, self.loss, images, masks, labels)
-        if not torch.isfinite(loss):
-            raise CervrtError("the loss became NaN or infinite: lower the learning rate (lr)")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return float(loss.detach())
+        return optimizer_step(loss, self.optimizer, self.scheduler, self.scaler)
 
     def train_epoch(self, epoch: int, deadline: float | None) -> tuple[float, bool]:
         """Mean training loss of one epoch and whether the time limit cut it short."""

@@ -1,4 +1,4 @@
-"""The torch glue every training module shares: the device to train on and the model's input tensor.
+"""The torch glue every training module shares: the device, the model's input tensor, one optimiser step.
 
 It sits below the loop, evaluation, pseudo-labelling and WSSS so that none of them imports another
 for these two helpers (which made ``loop -> evaluate -> loop`` and ``stages -> pseudo_label -> loop``
@@ -8,6 +8,7 @@ cycles). Device strings are parsed by :func:`cervrt.devices.parse_device`, as th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ import torch
 from cervrt.devices import parse_device
 from cervrt.errors import CervrtError
 
-__all__ = ["resolve_device", "to_model_input"]
+__all__ = ["optimizer_step", "resolve_device", "to_model_input"]
 
 #: torch device kinds training accepts besides auto, cpu and cuda[:N].
 _TORCH_KINDS = ("mps", "xpu")
@@ -32,6 +33,25 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(str(device))
     except RuntimeError:  # a kind this torch build does not know
         raise CervrtError(f"device {name!r} is not supported by this torch build: use auto, cpu or cuda[:N]") from None
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   scaler: torch.amp.GradScaler | None = None) -> float:
+    """One training step on ``loss`` (the segmentation loop's and WSSS phase 1's): refuse a NaN or
+    infinite loss, back-propagate (through ``scaler`` when given, for mixed precision), step the
+    optimiser and the per-iteration schedule. Returns the loss as a float."""
+    if not torch.isfinite(loss):
+        raise CervrtError("the loss became NaN or infinite: lower the learning rate (lr)")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    scheduler.step()
+    return float(loss.detach())
 
 
 def to_model_input(patches: np.ndarray, mean: Sequence[float], std: Sequence[float],

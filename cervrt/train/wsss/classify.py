@@ -29,7 +29,7 @@ from cervrt.errors import CervrtError
 from cervrt.glass import GlassThreshold
 from cervrt.models import load_encoder_weights
 from cervrt.models.wsss import PDASchedule, WSSSClassifier
-from cervrt.train.tensors import resolve_device
+from cervrt.train.tensors import optimizer_step, resolve_device
 from cervrt.train.wsss.data import ClassificationDataset, load_weak_source
 
 __all__ = ["CLASSIFIER_ARCH", "ClassifierConfig", "classifier_from_checkpoint", "train_classifier"]
@@ -135,13 +135,7 @@ class _Run:
             images, targets = images.to(self.device), targets.to(self.device)
             logits = self.model(images)
             loss = F.multilabel_soft_margin_loss(logits, targets)
-            if not torch.isfinite(loss):
-                raise CervrtError("the loss became NaN or infinite: lower the learning rate (lr)")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimizer_step(loss, self.optimizer, self.scheduler))
             exact += ((logits.detach() > 0) == (targets > 0.5)).all(dim=1).tolist()
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", mu="off" if mu is None else f"{mu:.3f}")
             if deadline is not None and time.monotonic() > deadline:
