@@ -28,11 +28,10 @@ import numpy as np
 from cervrt.artifact import read_metadata
 from cervrt.devices import Device, parse_device
 from cervrt.engines.base import Engine, EngineOutput
-from cervrt.errors import CervrtError
+from cervrt.errors import DeviceError, InputError, MissingDependencyError, ModelError
 
-__all__ = ["INSTALL_HINT", "OpenVinoEngine", "cpu_has_bf16", "require_openvino"]
+__all__ = ["OpenVinoEngine", "cpu_has_bf16", "require_openvino"]
 
-INSTALL_HINT = 'pip install "cervrt[openvino]"'
 _CPUINFO_BF16 = ("avx512_bf16", "amx_bf16")
 _NP_TYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16)}
 
@@ -46,7 +45,7 @@ def require_openvino() -> Any:
     try:
         import openvino
     except ImportError:
-        raise CervrtError(f"the OpenVINO backend needs the openvino package: {INSTALL_HINT}") from None
+        raise MissingDependencyError("openvino (the OpenVINO backend)", "openvino") from None
     return openvino
 
 
@@ -75,7 +74,7 @@ class OpenVinoEngine(Engine):
         ov = require_openvino()
         requested = parse_device(device)
         if requested.kind not in ("auto", "cpu"):
-            raise CervrtError(f"the OpenVINO backend runs on the CPU (device cpu or auto), not {requested}: "
+            raise InputError(f"the OpenVINO backend runs on the CPU (device cpu or auto), not {requested}: "
                               "use --backend onnxruntime or a TensorRT plan for a GPU")
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
@@ -83,7 +82,7 @@ class OpenVinoEngine(Engine):
         self.device = "cpu"
         core = ov.Core()
         if bf16 and not cpu_has_bf16(core):
-            raise CervrtError("--bf16 needs a CPU with AVX-512 BF16 or AMX, which this one lacks "
+            raise DeviceError("--bf16 needs a CPU with AVX-512 BF16 or AMX, which this one lacks "
                               f"(OpenVINO reports {_capabilities(core)}): run without --bf16")
         self._compiled = self._compile(core, "bf16" if bf16 else "f32")
         self._bind_io()
@@ -95,18 +94,18 @@ class OpenVinoEngine(Engine):
             model = core.read_model(str(self.path))
             return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for graphs it cannot read
-            raise CervrtError(f"OpenVINO cannot load {self.path}: {_first_line(exc)}") from None
+            raise ModelError(f"OpenVINO cannot load {self.path}: {_first_line(exc)}") from None
 
     def _bind_io(self) -> None:
         inputs = [port.get_any_name() for port in self._compiled.inputs]
         outputs = {name for port in self._compiled.outputs for name in port.get_names()}
         wanted_input, wanted_outputs = self.metadata["input"], list(self.metadata["outputs"])
         if inputs != [wanted_input] or not set(wanted_outputs) <= outputs:
-            raise CervrtError(f"{self.path}: the graph's inputs/outputs ({inputs}, {sorted(outputs)}) "
+            raise ModelError(f"{self.path}: the graph's inputs/outputs ({inputs}, {sorted(outputs)}) "
                               f"do not match its cervrt metadata ({wanted_input}, {wanted_outputs}); export it again")
         element = self._compiled.inputs[0].get_element_type().get_type_name()
         if element not in _NP_TYPES:
-            raise CervrtError(f"{self.path}: its input is {element}; cervrt graphs take float or float16")
+            raise ModelError(f"{self.path}: its input is {element}; cervrt graphs take float or float16")
         self.input_dtype = _NP_TYPES[element]
         self._outputs = [self._compiled.output(name) for name in wanted_outputs]
         ran = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
@@ -120,7 +119,7 @@ class OpenVinoEngine(Engine):
                 results = self._request.infer({0: batch})
                 arrays = [np.array(results[port], dtype=np.float32, copy=True) for port in self._outputs]
         except Exception as exc:  # OpenVINO's own exception types: a graph that cannot take this batch
-            raise CervrtError(f"OpenVINO failed on a batch of shape {batch.shape}: {_first_line(exc)}") from exc
+            raise ModelError(f"OpenVINO failed on a batch of shape {batch.shape}: {_first_line(exc)}") from exc
         return EngineOutput(arrays[0], arrays[1] if len(arrays) > 1 else None)
 
     def _close(self) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cervrt.errors import CervrtError
+from cervrt.errors import InputError
 
 __all__ = [
     "DEFAULT_CALIBRATION_PATCHES",
@@ -77,7 +77,7 @@ def _images_in(directory: Path) -> list[Path]:
     found = sorted(p for p in folder.iterdir()
                    if p.is_file() and any(p.name.lower().endswith(s) for s in SUPPORTED_SUFFIXES))
     if not found:
-        raise CervrtError(f"{folder} holds no images for calibration: expected files ending in "
+        raise InputError(f"{folder} holds no images for calibration: expected files ending in "
                           f"{', '.join(SUPPORTED_SUFFIXES)}")
     return found
 
@@ -87,13 +87,13 @@ def calibration_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
-        raise CervrtError("INT8 export needs calibration images: pass --calibration PATH [PATH...] with H&E "
+        raise InputError("INT8 export needs calibration images: pass --calibration PATH [PATH...] with H&E "
                           "images, a directory of them (e.g. a dataset's images/) or slides")
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise CervrtError(f"calibration input {path} does not exist")
+            raise InputError(f"calibration input {path} does not exist")
         files.extend(_images_in(path) if path.is_dir() else [path])
     return list(dict.fromkeys(files))
 
@@ -149,10 +149,10 @@ def draw_calibration(paths: Sequence[str | os.PathLike[str]], patch_size: int, m
     ``holdout`` defaults to :func:`holdout_count`.
     """
     if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
-        raise CervrtError(f"--calibration-patches must be a positive number of patches, got {count!r}")
+        raise InputError(f"--calibration-patches must be a positive number of patches, got {count!r}")
     holdout = holdout_count(patch_size) if holdout is None else int(holdout)
     if holdout < 1:
-        raise CervrtError(f"the parity gate needs at least one held-out patch, got {holdout}")
+        raise InputError(f"the parity gate needs at least one held-out patch, got {holdout}")
     files = calibration_files(paths)
     rng = np.random.default_rng(seed)
     target = 1.0 if mpp is None else float(mpp)
@@ -160,10 +160,10 @@ def draw_calibration(paths: Sequence[str | os.PathLike[str]], patch_size: int, m
     windows = {path: corners for path, corners in windows.items() if corners}
     found = sum(len(c) for c in windows.values())
     if not found:
-        raise CervrtError(f"no tissue found in the {len(files)} calibration image(s) ({files[0].name}...): "
+        raise InputError(f"no tissue found in the {len(files)} calibration image(s) ({files[0].name}...): "
                           f"pass H&E images with tissue (windows of {patch_size} px at least {MIN_TISSUE:.0%} tissue)")
     if found < count + holdout:
-        raise CervrtError(f"the calibration images hold {found} tissue patches of {patch_size} px; {count + holdout} "
+        raise InputError(f"the calibration images hold {found} tissue patches of {patch_size} px; {count + holdout} "
                           f"are needed (--calibration-patches {count} plus {holdout} held out for the parity gate): "
                           "pass more images or a lower --calibration-patches")
     picked = _round_robin(windows, count + holdout)

@@ -7,9 +7,10 @@ operator) that ONNX Runtime's CPU provider fuses into integer kernels (QLinearCo
 CPU has it) and that OpenVINO reads as INT8 too. U8S8, not the tools' S8S8 default: ONNX Runtime
 1.31 fuses U8S8 QDQ convolutions into QLinearConv but leaves most S8S8 ones as float convolutions
 between Dequantize/Quantize pairs (on the demo's HSP-Net ResNet-34 at 400x400: S8S8 1.0x the FP32
-speed, U8S8 3.3x, same agreement). NNCF (``nncf.quantize``) writes the same QDQ form; the report of
-issue 11 compares the two on the same model and calibration. ORT's tools need nothing beside
-onnxruntime-gpu.
+speed, U8S8 3.3x, same agreement). NNCF 3.4 (``nncf.quantize``, default preset, same 32 calibration
+patches, same nodes ignored) writes QDQ too but with int8 activations: on the same model and held-out
+patches it agreed 98.91% with FP32 (ORT's tools: 99.02%) and ran at 0.90x the FP32 speed in ONNX
+Runtime (ORT's: 2.07x, same run). ORT's tools also need nothing beside onnxruntime-gpu.
 
 What stays in float is chosen by groups of nodes (:data:`FLOAT_GROUPS`):
 
