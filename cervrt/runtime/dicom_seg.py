@@ -223,7 +223,7 @@ class DicomSegWriter:
         seg_type = self._segment_type()
         ts = self._transfer_syntax()
         for level, f in enumerate(self.factors):
-            labels = lut[np.ascontiguousarray(mask[::f, ::f])]
+            labels = np.take(lut, mask[::f, ::f])  # one in-memory copy of the level, read from the row file
             if descriptions is None:  # nothing found: an empty SEG is not allowed; one empty normal segment
                 descriptions = self._descriptions([1])
             measures = self._hd.PixelMeasuresSequence(
