@@ -15,6 +15,7 @@ from cervrt._cv import cv2
 from tests.support.tiny_onnx import save_tiny_model, slide_image, tissue_image
 
 OUTPUTS = ("json", "mask.png", "overlay.jpg")
+RECORD = ["run.json", "summary.csv", "summary.html"]  # the run record, beside the slides' outputs
 
 
 def _cervrt(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -50,8 +51,9 @@ def test_infer_writes_mask_overlay_report_and_geojson(model, tissue_png, tmp_pat
     result = _cervrt("infer", "--engine", model, tissue_png, small, "--out", str(tmp_path / "out"), "--device", "cpu",
                      "--stride", "32", "--geojson", "--tissue-threshold", "0.3", "--mpp", "0.904")
     assert result.returncode == 0, result.stderr
-    assert _files(tmp_path / "out") == ["small.geojson", "small.json", "small.mask.png", "small.overlay.jpg",
-                                        "tissue.geojson", "tissue.json", "tissue.mask.png", "tissue.overlay.jpg"]
+    assert _files(tmp_path / "out") == sorted(["small.geojson", "small.json", "small.mask.png", "small.overlay.jpg",
+                                               "tissue.geojson", "tissue.json", "tissue.mask.png", "tissue.overlay.jpg",
+                                               *RECORD])
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("tissue: 260x200 px") and "worst grade" in lines[0]
     report = json.loads((tmp_path / "out" / "tissue.json").read_text())
@@ -80,7 +82,7 @@ def test_one_bad_slide_is_reported_and_the_others_still_run(model, tissue_png, t
     errors = _error_lines(result.stderr)
     assert len(errors) == 1 and errors[0].startswith(f"error: {missing}: ") and "does not exist" in errors[0]
     assert "Traceback" not in result.stderr
-    assert _files(tmp_path / "out") == [f"tissue.{kind}" for kind in OUTPUTS]
+    assert _files(tmp_path / "out") == sorted([*RECORD, *(f"tissue.{kind}" for kind in OUTPUTS)])
 
 
 def _truncated_png(path):
@@ -107,7 +109,7 @@ def test_bad_slides_fail_in_one_line_and_leave_nothing(model, tmp_path, name, ma
     assert "Traceback" not in result.stderr
     lines = _error_lines(result.stderr)  # (libpng itself also prints a line for the truncated PNG)
     assert len(lines) == 1 and lines[0].startswith(f"error: {slide}: ")
-    assert _files(out) == []
+    assert _files(out) == RECORD  # the record lists the slide as failed; no output of it
 
 
 @pytest.mark.parametrize(
@@ -125,7 +127,7 @@ def test_greyscale_rgba_and_16_bit_images_are_converted(model, tmp_path, name, p
                      "--device", "cpu", "--tissue-threshold", "0")
     assert result.returncode == 0, result.stderr
     stem = name.removesuffix(".png")
-    assert _files(tmp_path / "out") == [f"{stem}.{kind}" for kind in OUTPUTS]
+    assert _files(tmp_path / "out") == sorted([*RECORD, *(f"{stem}.{kind}" for kind in OUTPUTS)])
 
 
 def test_a_slide_without_tissue_succeeds_with_an_all_background_mask(model, tmp_path):
@@ -175,4 +177,4 @@ def test_ctrl_c_mid_slide_leaves_no_half_written_output(model, tissue_png, tmp_p
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert _files(out) == [f"tissue.{kind}" for kind in OUTPUTS]  # the finished slide stays, nothing of big
+    assert _files(out) == sorted([*RECORD, *(f"tissue.{kind}" for kind in OUTPUTS)])  # nothing of big

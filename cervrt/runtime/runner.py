@@ -46,10 +46,17 @@ class OutputOptions:
 
 @dataclass(frozen=True)
 class SlideJob:
-    """One slide to segment into ``out_dir``."""
+    """One slide to segment into ``out_dir``: outputs named ``name`` (the slide's stem when None), the
+    slide's own ``mpp`` (a manifest's; None: the config's), ``error`` (a slide known bad before it runs:
+    the outcome without running), ``stamp`` (a ``RunStamp``: the report records it and its triage)."""
 
     slide: Path
     out_dir: Path
+    name: str | None = None
+    id: str = ""
+    mpp: float | None = None
+    error: str = ""
+    stamp: Any = None
 
 
 @dataclass(frozen=True)
@@ -83,19 +90,28 @@ def summary_line(result: Any) -> str:
     return f"{head}; {verdict}; {speed} -> {result.paths['mask']}"
 
 
-def plan_jobs(slides: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> list[SlideJob]:
-    """A job per slide into ``out`` (created); CervrtError for no slides or an unwritable ``out``."""
+def plan_jobs(slides: Sequence[str | os.PathLike[str] | SlideJob], out: str | os.PathLike[str]) -> list[SlideJob]:
+    """A job per slide into ``out`` (created; a SlideJob is kept as it is); CervrtError for no slides or an
+    unwritable ``out``."""
     if not slides:
         raise CervrtError("no slides given: pass one or more slide paths")
     out_dir = ensure_writable_dir(out)
-    return [SlideJob(Path(slide), out_dir) for slide in slides]
+    return [slide if isinstance(slide, SlideJob) else SlideJob(Path(slide), out_dir) for slide in slides]
 
 
 def run_job(predictor: Any, job: SlideJob, outputs: OutputOptions, progress: Any = None) -> SlideOutcome:
     """Run one job with an open Predictor; a CervrtError or OSError becomes the outcome's message."""
+    if job.error:
+        return SlideOutcome(job, message=job.error)
     try:
+        if job.mpp is not None and job.mpp != predictor.settings.mpp:
+            predictor = predictor.with_settings(mpp=job.mpp)
         result = predictor.predict_slide(job.slide, job.out_dir, fmt=outputs.fmt, geojson=outputs.geojson,
-                                         progress=progress)
+                                         name=job.name, progress=progress)
+        if job.stamp is not None:
+            from cervrt.runtime.record import stamp_report
+
+            stamp_report(result, job.stamp, job.mpp)
         return SlideOutcome(job, result)
     except CervrtError as exc:
         return SlideOutcome(job, message=str(exc))
@@ -106,14 +122,18 @@ def run_job(predictor: Any, job: SlideJob, outputs: OutputOptions, progress: Any
 class SlideRunner(abc.ABC):
     """Runs many slides: ``run`` checks and reports, ``_run_jobs`` does the work (serially, or not)."""
 
-    def run(self, model: str | os.PathLike[str], slides: Sequence[str | os.PathLike[str]],
+    def run(self, model: str | os.PathLike[str], slides: Sequence[str | os.PathLike[str] | SlideJob],
             out: str | os.PathLike[str], config: PredictorConfig | None = None,
             outputs: OutputOptions = OutputOptions(), echo: Callable[[str], None] = print,
-            error: Callable[[str], None] = print) -> InferSummary:
-        """Segment ``slides`` with ``model`` into ``out``: ``echo`` a line per slide, ``error`` one per failure."""
+            error: Callable[[str], None] = print,
+            on_outcome: Callable[[SlideOutcome], None] | None = None) -> InferSummary:
+        """Segment ``slides`` (paths, or SlideJobs planned by the caller) with ``model`` into ``out``: ``echo``
+        a line per slide, ``error`` one per failure, ``on_outcome(outcome)`` as each arrives."""
         jobs = plan_jobs(slides, out)
         summary = InferSummary()
         for outcome in self._run_jobs(model, jobs, config or PredictorConfig(), outputs):
+            if on_outcome is not None:
+                on_outcome(outcome)
             if outcome.result is None:
                 summary.failed.append((str(outcome.job.slide), outcome.message))
                 error(f"error: {outcome.job.slide}: {outcome.message}")
@@ -140,7 +160,7 @@ class SerialRunner(SlideRunner):
 
         with Predictor(model, config) as predictor:
             for job in jobs:
-                progress = self._progress(job.slide.name) if self._progress else None
+                progress = self._progress(job.name or job.slide.name) if self._progress else None
                 try:
                     yield run_job(predictor, job, outputs, progress)
                 finally:

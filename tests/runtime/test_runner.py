@@ -18,7 +18,7 @@ class _FakePredictor:
     def __init__(self):
         self.calls = []
 
-    def predict_slide(self, slide, out_dir, fmt, geojson, progress):
+    def predict_slide(self, slide, out_dir, fmt, geojson, progress, name=None):
         self.calls.append((slide.name, fmt, geojson))
         if slide.name == "bad.png":
             raise CervrtError("bad.png is corrupt")
