@@ -10,18 +10,19 @@ runtime or export; importing it imports no CUDA library.
 
 from __future__ import annotations
 
-from cervrt.cuda.core import CudaError, bindings, check, driver, first_line, nvrtc_module, use_driver
+from cervrt.cuda.core import CudaError, bindings, check, driver, first_line, native_handle, nvrtc_module, use_driver
 from cervrt.cuda.device import (
     GpuInfo,
     NoDeviceError,
     PrimaryContext,
     device_arch,
     device_count,
+    driver_version,
     gpu_info,
     open_device,
 )
 
 __all__ = [
     "CudaError", "GpuInfo", "NoDeviceError", "PrimaryContext", "bindings", "check", "device_arch", "device_count",
-    "driver", "first_line", "gpu_info", "nvrtc_module", "open_device", "use_driver",
+    "driver", "driver_version", "first_line", "gpu_info", "native_handle", "nvrtc_module", "open_device", "use_driver",
 ]

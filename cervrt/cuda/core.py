@@ -15,7 +15,7 @@ from typing import Any
 
 from cervrt.errors import CervrtError, MissingDependencyError
 
-__all__ = ["CudaError", "bindings", "check", "driver", "first_line", "nvrtc_module", "use_driver"]
+__all__ = ["CudaError", "bindings", "check", "driver", "first_line", "native_handle", "nvrtc_module", "use_driver"]
 
 _installed: list[Any] = []  # the stack of modules use_driver() put in place of cuda.bindings.driver
 
@@ -66,3 +66,19 @@ def check(result: tuple[Any, ...], what: str = "a CUDA driver call") -> Any:
         label = name.decode() if name_err == cu.CUresult.CUDA_SUCCESS else str(err)
         raise CudaError(f"{what} failed: {label}")
     return values[0] if len(values) == 1 else (tuple(values) or None)
+
+
+def native_handle(obj: Any) -> int:
+    """The address a CUDA handle (CUstream, CUevent, ...) wraps, as an int (``int(handle)`` is deprecated in
+    cuda-bindings 13): ``cuda.bindings.utils.get_cuda_native_handle``, or the installed driver module's own
+    ``get_cuda_native_handle`` (an emulated driver's). Ints pass through."""
+    if isinstance(obj, int):
+        return obj
+    own = getattr(driver(), "get_cuda_native_handle", None)
+    if own is not None:
+        return int(own(obj))
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:  # cuda-bindings before get_cuda_native_handle: int() still works there
+        return int(obj)
+    return int(get_cuda_native_handle(obj))

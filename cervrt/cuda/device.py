@@ -18,7 +18,8 @@ from typing import Any
 from cervrt.cuda.core import CudaError, check, driver, first_line
 from cervrt.errors import CervrtError, MissingDependencyError
 
-__all__ = ["GpuInfo", "NoDeviceError", "PrimaryContext", "device_arch", "device_count", "gpu_info", "open_device"]
+__all__ = ["GpuInfo", "NoDeviceError", "PrimaryContext", "device_arch", "device_count", "driver_version", "gpu_info",
+           "open_device"]
 
 _DRIVER_LIBRARIES = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
 _NO_LIBRARY = "the NVIDIA driver library (libcuda) is not installed"
@@ -43,6 +44,11 @@ class GpuInfo:
     def arch(self) -> str:
         """``compute_XY``, what NVRTC and nvcc take."""
         return "compute_" + self.capability.replace(".", "")
+
+    @property
+    def sm(self) -> str:
+        """``sm_XY``, the real architecture a CUBIN is built for."""
+        return "sm_" + self.capability.replace(".", "")
 
 
 def _ctypes_count() -> tuple[int, str]:
@@ -117,6 +123,11 @@ def device_arch(ordinal: int = 0) -> str | None:
         return gpu_info(ordinal).arch
     except (CervrtError, CudaError):
         return None
+
+
+def driver_version() -> int:
+    """``cuDriverGetVersion``: the CUDA version the driver supports (13000 = CUDA 13.0)."""
+    return int(check(driver().cuDriverGetVersion(), "cuDriverGetVersion"))
 
 
 class PrimaryContext:

@@ -14,8 +14,9 @@ import numpy as np
 from cervrt.cuda.core import check, driver
 
 __all__ = [
-    "copy_dtoh_async", "copy_htod_async", "create_event", "create_stream", "free_device", "free_pinned",
-    "malloc_device", "malloc_pinned", "record_event", "synchronize_event", "synchronize_stream", "wait_event",
+    "copy_dtod_async", "copy_dtoh_async", "copy_htod_async", "create_event", "create_stream", "free_device",
+    "free_pinned", "malloc_device", "malloc_pinned", "memset_d32_async", "record_event", "synchronize_event",
+    "synchronize_stream", "wait_event",
 ]
 
 
@@ -44,6 +45,15 @@ def copy_htod_async(dst: int, src: int, nbytes: int, stream: Any) -> None:
 
 def copy_dtoh_async(dst: int, src: int, nbytes: int, stream: Any) -> None:
     check(driver().cuMemcpyDtoHAsync(dst, src, nbytes, stream), "cuMemcpyDtoHAsync")
+
+
+def copy_dtod_async(dst: int, src: int, nbytes: int, stream: Any) -> None:
+    check(driver().cuMemcpyDtoDAsync(dst, src, nbytes, stream), "cuMemcpyDtoDAsync")
+
+
+def memset_d32_async(dst: int, value: int, count: int, stream: Any) -> None:
+    """Set ``count`` 32-bit words at ``dst`` to ``value`` (0 is 0.0f) on ``stream``."""
+    check(driver().cuMemsetD32Async(dst, value, count, stream), "cuMemsetD32Async")
 
 
 def create_stream() -> Any:

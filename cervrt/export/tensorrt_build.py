@@ -34,6 +34,7 @@ from typing import Any
 
 from cervrt._io import atomic_path, optional_import
 from cervrt.cuda import NoDeviceError, gpu_info
+from cervrt.cuda.trt import shared_logger
 from cervrt.errors import CervrtError
 from cervrt.export.config import BatchProfile, EngineConfig, Precision, timing_cache_path
 
@@ -194,7 +195,7 @@ def build_engine(env: TensorRTEnv, onnx_bytes: bytes, recipe: BuildRecipe, engin
                  patch_size: int, echo: Callable[[str], None] = lambda _m: None) -> bytes:
     """Parse, configure and build: the serialised plan. Saves the timing cache beside ``engine.path``."""
     trt = env.trt
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = shared_logger(trt)  # TensorRT keeps one global logger: the one the runtimes use too
     builder = trt.Builder(logger)
     network = _network(trt, builder, recipe)
     parser = _parse(trt, network, logger, onnx_bytes)

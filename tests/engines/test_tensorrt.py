@@ -4,11 +4,14 @@ runs in the test marked ``tensorrt``."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import numpy as np
 import pytest
 
+from cervrt import cuda
+from cervrt.cuda import memory as mem
 from cervrt.engines import open_engine
 from cervrt.engines.tensorrt import check_version, version_triple
 from cervrt.errors import CervrtError, MissingDependencyError
@@ -27,6 +30,19 @@ def _install(monkeypatch, **kwargs):
     trt = make_fake_trt_runtime(**kwargs)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     return trt
+
+
+@contextlib.contextmanager
+def _current():
+    """A caller's stream in the device's primary context, made current for the block (as CudaFusion does)."""
+    context = cuda.PrimaryContext(0)
+    try:
+        with context.active():
+            stream = mem.create_stream()
+            yield stream
+            cuda.driver().cuStreamDestroy(stream)
+    finally:
+        context.release()
 
 
 def _batch(n, seed=0, size=PATCH):
@@ -178,25 +194,25 @@ def test_resources_are_released_in_the_documented_order(tmp_path, monkeypatch, g
 def test_run_device_leaves_the_outputs_on_the_device(tmp_path, monkeypatch, gpu):
     trt = _install(monkeypatch, with_classifier=True)
     batch = _batch(3, seed=7)
-    with open_engine(write_plan(tmp_path, plan_metadata(with_classifier=True))) as engine:
-        _, source = gpu.cuMemAlloc(batch.nbytes)
-        gpu.cuMemcpyHtoD(source, batch.ctypes.data, batch.nbytes)
-        probs_ptr, class_ptr = engine.run_device(source, 3, 0x77)
+    with open_engine(write_plan(tmp_path, plan_metadata(with_classifier=True))) as engine, _current() as stream:
+        source = mem.malloc_device(batch.nbytes)
+        mem.copy_htod_async(source, batch.ctypes.data, batch.nbytes, stream)
+        probs_ptr, class_ptr = engine.run_device(source, 3, stream)
         probs = np.empty((3, 5, PATCH, PATCH), np.float32)
         class_probs = np.empty((3, 4), np.float32)
-        gpu.cuMemcpyDtoHAsync(probs.ctypes.data, probs_ptr, probs.nbytes, 0)
-        gpu.cuMemcpyDtoHAsync(class_probs.ctypes.data, class_ptr, class_probs.nbytes, 0)
+        mem.copy_dtoh_async(probs.ctypes.data, probs_ptr, probs.nbytes, stream)  # pageable: waits
+        mem.copy_dtoh_async(class_probs.ctypes.data, class_ptr, class_probs.nbytes, stream)
         expected, expected_class = reference(batch, True)
         np.testing.assert_allclose(probs, expected, rtol=1e-6)
         np.testing.assert_allclose(class_probs, expected_class, rtol=1e-6)
-        assert trt.events[-1] == "execute 3 on 119"  # the caller's stream
+        assert trt.events[-1] == f"execute 3 on {cuda.native_handle(stream)}"  # the caller's stream
         engine.run(batch[:1])  # run() rebinds its own input buffer afterwards
         for bad in (0, 5, 2.0, True):
             with pytest.raises(CervrtError, match="n must be an integer from 1 to 4"):
-                engine.run_device(source, bad, 0)
+                engine.run_device(source, bad, stream)
         with pytest.raises(CervrtError, match="input_ptr must be a device pointer"):
-            engine.run_device(0, 1, 0)
-        gpu.cuMemFree(source)
+            engine.run_device(0, 1, stream)
+        mem.free_device(source)
 
 
 def test_fp16_io_plans_convert_on_run_and_refuse_run_device(tmp_path, monkeypatch, gpu):

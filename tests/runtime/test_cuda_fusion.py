@@ -24,6 +24,7 @@ from cervrt.runtime.gpu import (
 )
 from cervrt.runtime.stitcher import BandStitcher
 from cervrt.runtime.tiling import window_starts
+from tests.support.cuda_emulation import EMULATED_PTX
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -172,7 +173,7 @@ CASES = [  # height, width, patch, stride, batch, blend, gated
 def test_emulated_pipeline_matches_reference(emulated, height, width, patch, stride, batch, blend, gated) -> None:
     image, ys, xs, probs, gate = _scene(height, width, patch, stride, 5, height + batch)
     gate = gate if gated else None
-    with CudaFusion(patch, 5, batch_size=batch, mean=MEAN, std=STD, kernels=b"// emulated") as gpu:
+    with CudaFusion(patch, 5, batch_size=batch, mean=MEAN, std=STD, kernels=EMULATED_PTX) as gpu:
         labels, inputs = _run(gpu, image, ys, xs, probs, gate, stride, blend)
     expected_labels, expected_inputs = _expected(image, ys, xs, probs, gate, patch, stride, blend)
     np.testing.assert_allclose(inputs, expected_inputs, rtol=1e-6, atol=1e-6)
@@ -183,7 +184,7 @@ def test_emulated_pipeline_matches_reference(emulated, height, width, patch, str
 
 def test_emulated_band_moves_use_the_shift_kernel(emulated) -> None:
     image, ys, xs, probs, _ = _scene(400, 50, 20, 10, 3, 1)
-    with CudaFusion(20, 3, batch_size=8, kernels=b"// emulated") as gpu:
+    with CudaFusion(20, 3, batch_size=8, kernels=EMULATED_PTX) as gpu:
         labels, _ = _run(gpu, image, ys, xs, probs, None, 10, "gaussian")
     assert "cervrt_shift_band" in emulated.launches
     np.testing.assert_array_equal(labels, _expected(image, ys, xs, probs, None, 20, 10, "gaussian")[0])
@@ -191,7 +192,7 @@ def test_emulated_band_moves_use_the_shift_kernel(emulated) -> None:
 
 def test_emulated_stale_batches_and_bad_arguments_are_refused(emulated) -> None:
     image = np.zeros((64, 64, 3), np.uint8)
-    with CudaFusion(16, 3, batch_size=4, kernels=b"// emulated") as gpu:
+    with CudaFusion(16, 3, batch_size=4, kernels=EMULATED_PTX) as gpu:
         first = gpu.stage(image, [0], [0])
         gpu.stage(image, [0], [16])
         gpu.stage(image, [0], [32])  # two slots: the first batch's slot is reused now
@@ -211,7 +212,7 @@ def test_emulated_stale_batches_and_bad_arguments_are_refused(emulated) -> None:
 def test_emulated_bands_free_their_memory_image_by_image(emulated) -> None:
     image, ys, xs, probs, _ = _scene(100, 80, 16, 8, 3, 2)
     expected = _expected(image, ys, xs, probs, None, 16, 8, "gaussian")[0]
-    with CudaFusion(16, 3, batch_size=6, kernels=b"// emulated") as gpu:
+    with CudaFusion(16, 3, batch_size=6, kernels=EMULATED_PTX) as gpu:
         engine = ReplayEngine(gpu, probs)
         baseline = len(emulated.buffers)
         for _ in range(3):  # several images through one CudaFusion

@@ -17,6 +17,7 @@ from cervrt.engines import base
 from cervrt.engines.onnxruntime import OnnxRuntimeEngine
 from cervrt.runtime import cuda_path
 from cervrt.runtime.predictor import FusionPath, Predictor
+from tests.support.cuda_emulation import EMULATED_PTX
 from tests.support.tiny_onnx import MPP, save_tiny_model, tissue_image
 
 
@@ -30,6 +31,7 @@ class _EmulatedPlan:
         self.max_batch = batch_size
         self._buffers: list[int] = []
         self.device_calls = 0
+        self._context = cuda.PrimaryContext(0)  # as the TensorRT engine: its own hold on the primary context
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -42,15 +44,16 @@ class _EmulatedPlan:
         return pointer
 
     def run_device(self, input_ptr: int, n: int, stream: int):
-        cu = cuda.driver()
-        p = self.patch_size
-        batch = np.empty((n, 3, p, p), np.float32)
-        cu.cuMemcpyDtoHAsync(batch.ctypes.data, int(input_ptr), batch.nbytes, stream)
-        self._release()  # valid until the next call, as the TensorRT engine's buffers are
-        out = self._inner.run(batch)
-        self.device_calls += 1
-        class_ptr = None if out.class_probs is None else self._upload(np.ascontiguousarray(out.class_probs))
-        return self._upload(out.probs), class_ptr
+        with self._context.active():
+            cu = cuda.driver()
+            p = self.patch_size
+            batch = np.empty((n, 3, p, p), np.float32)
+            cu.cuMemcpyDtoHAsync(batch.ctypes.data, int(input_ptr), batch.nbytes, stream)  # pageable: waits
+            self._release()  # valid until the next call, as the TensorRT engine's buffers are
+            out = self._inner.run(batch)
+            self.device_calls += 1
+            class_ptr = None if out.class_probs is None else self._upload(np.ascontiguousarray(out.class_probs))
+            return self._upload(out.probs), class_ptr
 
     def _release(self):
         for pointer in self._buffers:
@@ -58,14 +61,16 @@ class _EmulatedPlan:
         self._buffers = []
 
     def close(self):
-        self._release()
+        with self._context.active():
+            self._release()
+        self._context.release()
         self._inner.close()
 
 
 @pytest.fixture
 def emulated(emulated, monkeypatch):
     """The emulated driver (conftest), plus the Predictor's kernel source and the stand-in plan engine."""
-    monkeypatch.setattr(cuda_path, "_kernels", lambda predictor: b"// emulated")
+    monkeypatch.setattr(cuda_path, "_kernels", lambda predictor: EMULATED_PTX)
     monkeypatch.setitem(base._REGISTRY, ".emuplan", _EmulatedPlan)
     return emulated
 

@@ -1,9 +1,10 @@
 """A stand-in for the ``tensorrt`` runtime API (deserialise, named tensors, execute_async_v3) and a plan
 description, for testing cervrt's TensorRT engine without TensorRT or a GPU.
 
-The fake engine "runs" on the host: ``execute_async_v3`` reads the input at the address bound with
-``set_tensor_address`` (host memory handed out by the emulated CUDA driver of
-``tests/support/cuda_emulation.py``) and writes a known function of it to the output addresses:
+The fake engine "runs" on the host: ``execute_async_v3`` queues, on the emulated CUDA driver's stream
+(``tests/support/cuda_emulation.py``: it runs when that stream's work is waited for), a read of the
+input at the address bound with ``set_tensor_address`` and a write of a known function of it to the
+output addresses:
 ``probs = softmax_c(sum_k W[c, k] x[k])`` per pixel and ``class_probs = sigmoid(V @ mean_xy(x))``.
 It asserts what TensorRT documents: shapes within the profile, every I/O address set, only known
 tensor names. It cannot tell whether real TensorRT would accept the plan.
@@ -72,6 +73,8 @@ def make_fake_trt_runtime(version: str = "10.13.3.9", *, with_classifier: bool =
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
     trt.__version__ = version
     trt.events = events = []
+    trt.loggers = loggers = []  # every trt.Logger made
+    trt.runtime_loggers = runtime_loggers = []  # the logger each Runtime was given
     trt.TensorIOMode = enum.Enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
     trt.DataType = enum.Enum("DataType", ["FLOAT", "HALF"])
     to_numpy = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16}
@@ -86,6 +89,7 @@ def make_fake_trt_runtime(version: str = "10.13.3.9", *, with_classifier: bool =
 
         def __init__(self, severity: int) -> None:
             self.severity = severity
+            loggers.append(self)
 
     class Context:
         def __init__(self, engine: Engine) -> None:
@@ -115,12 +119,19 @@ def make_fake_trt_runtime(version: str = "10.13.3.9", *, with_classifier: bool =
         def execute_async_v3(self, stream_handle: int) -> bool:
             assert isinstance(stream_handle, int)
             assert set(self.addresses) == set(tensors), "every I/O tensor needs an address before execution"
-            n = self.shape[0]
-            x = _view(self.addresses[input_name], io_dtype, (n, 3, PATCH, PATCH))
-            probs, class_probs = reference(x, with_classifier)
-            _view(self.addresses["probs"], io_dtype, probs.shape)[:] = probs
-            if with_classifier:
-                _view(self.addresses["class_probs"], io_dtype, class_probs.shape)[:] = class_probs
+            n, addresses = self.shape[0], dict(self.addresses)  # what execute_async_v3 captures
+
+            def work() -> None:
+                x = _view(addresses[input_name], io_dtype, (n, 3, PATCH, PATCH))
+                probs, class_probs = reference(x, with_classifier)
+                _view(addresses["probs"], io_dtype, probs.shape)[:] = probs
+                if with_classifier:
+                    _view(addresses["class_probs"], io_dtype, class_probs.shape)[:] = class_probs
+
+            from cervrt import cuda
+
+            enqueue = getattr(cuda.driver(), "enqueue", None)
+            work() if enqueue is None else enqueue(stream_handle, work)
             events.append(f"execute {n} on {stream_handle}")
             return True
 
@@ -150,6 +161,7 @@ def make_fake_trt_runtime(version: str = "10.13.3.9", *, with_classifier: bool =
 
     class Runtime:
         def __init__(self, logger: Logger) -> None:
+            runtime_loggers.append(logger)
             events.append("create Runtime")
 
         def deserialize_cuda_engine(self, serialized_engine: bytes) -> Engine | None:

@@ -31,7 +31,9 @@ class CudaBand(BandFusion):
     """One image's band on the device: ``add(batch, probs, gate=None)`` / ``finish()`` like BandStitcher.
 
     ``probs`` is a device pointer (int or CUdeviceptr) to float32 (n, num_classes, P, P) written on
-    the compute stream; ``gate`` a host float32 (n, num_classes) array of 0/1 factors or None. The
+    the compute stream; ``gate`` a host float32 (n, num_classes) array of 0/1 factors, a device pointer
+    to them (``CudaFusion.gate``, on the compute stream) or None. ``add`` makes the compute stream wait
+    for the batch's upload itself (the window origins it reads), whether or not it was normalised. The
     sums are double-buffered on the device: ``nbytes = 2 * 4 * (num_classes + 1) * band_rows * width``.
     Uses only the fusion's public surface (active, alloc/free, pinned, launch, slot, compute_stream);
     ``on_close`` is called with the band once it is closed (CudaFusion.image() passes its bookkeeping).
@@ -79,6 +81,7 @@ class CudaBand(BandFusion):
             raise CervrtError("probs must be a device pointer to float32 (n, classes, P, P)")
         fusion = self._fusion
         with fusion.active():
+            mem.wait_event(fusion.compute_stream, slot.uploaded)  # ys/xs on the device
             gate_ptr = self._upload_gate(slot, gate, ys.size)
 
             def run(lo: int, hi: int, ys_band: np.ndarray) -> None:
@@ -111,9 +114,13 @@ class CudaBand(BandFusion):
             fusion.free_pinned(self._host_labels)
         del self._host_labels  # a view of freed memory
 
-    def _upload_gate(self, slot: Slot, gate: np.ndarray | None, n: int) -> int:
+    def _upload_gate(self, slot: Slot, gate: np.ndarray | int | None, n: int) -> int:
         if gate is None:
             return 0
+        if isinstance(gate, int | np.integer) and not isinstance(gate, bool):
+            if int(gate) <= 0:
+                raise CervrtError("gate must be None, a float32 array or a device pointer to one")
+            return int(gate)
         gate = np.asarray(gate)
         if gate.dtype != np.float32 or gate.shape != (n, self.num_classes):
             raise CervrtError(f"gate must be None or float32 ({n}, {self.num_classes}), got {gate.dtype} {gate.shape}")

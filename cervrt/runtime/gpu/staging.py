@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, PATCH_SIZE
-from cervrt.cuda import CudaError, PrimaryContext, driver
+from cervrt.cuda import CudaError, PrimaryContext, driver, native_handle
 from cervrt.cuda import memory as mem
 from cervrt.errors import CervrtError
 from cervrt.runtime.gpu.band import CudaBand
@@ -134,8 +134,9 @@ class CudaFusion:
 
     @property
     def stream(self) -> int:
-        """Handle of the compute stream: the engine must enqueue its work here."""
-        return int(self._stream)
+        """Handle of the compute stream (its native address, ``get_cuda_native_handle``): the engine must
+        enqueue its work here."""
+        return native_handle(self._stream)
 
     @property
     def compute_stream(self) -> Any:
@@ -179,6 +180,16 @@ class CudaFusion:
             mem.record_event(slot.released, self._stream)
         return slot.device["inputs"]
 
+    def gate(self, batch: StagedBatch, class_probs: int, epsilon: float) -> int:
+        """Device pointer of float32 (n, C) gate factors of the batch, computed on the compute stream from
+        the engine's float32 (n, C - 1) class probabilities at ``class_probs`` (no host round trip)."""
+        self.require_open()
+        slot = self.slot(batch)
+        with self.active():
+            self.launch("cervrt_gate_factors", len(batch) * self.num_classes, int(class_probs), slot.device["gate"],
+                        len(batch), self.num_classes, float(epsilon))
+        return slot.device["gate"]
+
     def image(self, height: int, width: int, stride: int, blend: BlendMode | str = BlendMode.GAUSSIAN) -> CudaBand:
         """A device band for one image of ``height`` x ``width`` pixels."""
         self.require_open()
@@ -201,19 +212,16 @@ class CudaFusion:
             with contextlib.suppress(CudaError):
                 band.close()
         with contextlib.suppress(CudaError), self.active():
-            for stream in (self._stream, self._copy_stream):
-                if stream is not None:
-                    cu.cuStreamSynchronize(stream)
-                    cu.cuStreamDestroy(stream)
-            for slot in self._slots:
-                cu.cuEventDestroy(slot.uploaded)
-                cu.cuEventDestroy(slot.released)
-            for ptr in self._allocs:
-                cu.cuMemFree(ptr)
-            for ptr in self._pinned:
-                cu.cuMemFreeHost(ptr)
+            releases = [(cu.cuStreamSynchronize, s) for s in (self._stream, self._copy_stream) if s is not None]
+            releases += [(cu.cuEventDestroy, e) for slot in self._slots for e in (slot.uploaded, slot.released)]
+            releases += [(cu.cuMemFree, p) for p in self._allocs] + [(cu.cuMemFreeHost, p) for p in self._pinned]
+            releases += [(cu.cuStreamDestroy, s) for s in (self._stream, self._copy_stream) if s is not None]
+            for release, handle in releases:  # each in its own guard: one failure frees the rest
+                with contextlib.suppress(Exception):
+                    release(handle)
             if self._kernels is not None:
-                self._kernels.unload()
+                with contextlib.suppress(Exception):
+                    self._kernels.unload()
         self._slots, self._allocs, self._pinned, self._bands = [], [], [], []
         self._context.release()
         self._context = None
