@@ -1,9 +1,11 @@
 """The GPU path of the fusion: CUDA kernels compiled by NVRTC, a pinned double-buffered patch loader
 and the band on the device, through ``cervrt.cuda`` (cuda-python's driver API).
 
-Status: the kernels compile (NVRTC and nvcc, in the tests) and their logic runs on the host in the
-tests through an emulated driver; everything below that talks to a GPU is written against the
-documented cuda-python API but is compiled, unexecuted code until a test marked ``gpu`` runs.
+Kernels: a CUBIN for the device's own ``sm_XY`` from NVRTC (``build_kernels``), else PTX checked
+against the driver's CUDA version. Status: the kernels compile (NVRTC and nvcc, in the tests) and
+their logic runs on the host in the tests through an emulated driver; everything below that talks to
+a GPU is written against the documented cuda-python API but is compiled, unexecuted code until a test
+marked ``gpu`` runs.
 
 ``kernels``: compiling, loading and launching; ``staging``: CudaFusion (context, streams, pinned
 slots, stage/normalize); ``band``: CudaBand (the band of sums on the device). Pipeline (one compute
@@ -29,10 +31,18 @@ from __future__ import annotations
 from cervrt.cuda import CudaError, device_arch
 from cervrt.cuda.nvrtc import nvrtc_version
 from cervrt.runtime.gpu.band import CudaBand, accumulate_box
-from cervrt.runtime.gpu.kernels import CSRC_DIR, DEFAULT_ARCH, KERNEL_NAMES, compile_kernels, nvcc_compile
+from cervrt.runtime.gpu.kernels import (
+    CSRC_DIR,
+    DEFAULT_ARCH,
+    KERNEL_NAMES,
+    build_kernels,
+    compile_kernels,
+    nvcc_compile,
+)
 from cervrt.runtime.gpu.staging import CudaFusion, StagedBatch, crop_patches
 
 __all__ = [
     "CSRC_DIR", "DEFAULT_ARCH", "KERNEL_NAMES", "CudaBand", "CudaError", "CudaFusion", "StagedBatch",
-    "accumulate_box", "compile_kernels", "crop_patches", "device_arch", "nvcc_compile", "nvrtc_version",
+    "accumulate_box", "build_kernels", "compile_kernels", "crop_patches", "device_arch", "nvcc_compile",
+    "nvrtc_version",
 ]
