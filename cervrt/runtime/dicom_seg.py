@@ -227,7 +227,7 @@ class DicomSegWriter:
             if descriptions is None:  # nothing found: an empty SEG is not allowed; one empty normal segment
                 descriptions = self._descriptions([1])
             measures = self._hd.PixelMeasuresSequence(
-                pixel_spacing=(spacing[0] * self.downsample * f, spacing[1] * self.downsample * f),
+                pixel_spacing=(_ds(spacing[0] * self.downsample * f), _ds(spacing[1] * self.downsample * f)),
                 slice_thickness=thickness)
             seg = self._hd.seg.Segmentation(
                 source_images=[_centred(source, (self.downsample * f - 1) / 2)],
@@ -242,6 +242,11 @@ class DicomSegWriter:
                     self._pydicom.uid.ExplicitVRLittleEndian))
             seg.save_as(out / f"level-{level}.dcm")
             del seg, labels
+
+
+def _ds(value: float) -> float:
+    """A float that fits a DICOM decimal string (16 characters): 10 significant digits."""
+    return float(f"{value:.10g}")
 
 
 def _centred(source: Any, shift: float) -> Any:
@@ -262,10 +267,10 @@ def _centred(source: Any, shift: float) -> Any:
     r = [float(v) for v in source.ImageOrientationSlide]
     old = source.TotalPixelMatrixOriginSequence[0]
     origin = Dataset()
-    origin.XOffsetInSlideCoordinateSystem = round(float(old.XOffsetInSlideCoordinateSystem)
-                                                  + shift * (col_sp * r[0] + row_sp * r[3]), 9)
-    origin.YOffsetInSlideCoordinateSystem = round(float(old.YOffsetInSlideCoordinateSystem)
-                                                  + shift * (col_sp * r[1] + row_sp * r[4]), 9)
+    origin.XOffsetInSlideCoordinateSystem = _ds(float(old.XOffsetInSlideCoordinateSystem)
+                                                + shift * (col_sp * r[0] + row_sp * r[3]))
+    origin.YOffsetInSlideCoordinateSystem = _ds(float(old.YOffsetInSlideCoordinateSystem)
+                                                + shift * (col_sp * r[1] + row_sp * r[4]))
     if "ZOffsetInSlideCoordinateSystem" in old:
         origin.ZOffsetInSlideCoordinateSystem = old.ZOffsetInSlideCoordinateSystem
     moved = Dataset()
@@ -299,7 +304,7 @@ def _standalone_source(pydicom: Any, level0_size: tuple[int, int], level0_mpp: f
     origin = Dataset()
     origin.XOffsetInSlideCoordinateSystem, origin.YOffsetInSlideCoordinateSystem = 0.0, 0.0
     ds.TotalPixelMatrixOriginSequence = DicomSequence([origin])
-    spacing = (level0_mpp or 1.0) / 1000.0
+    spacing = _ds((level0_mpp or 1.0) / 1000.0)
     measures = Dataset()
     measures.PixelSpacing = [spacing, spacing]
     measures.SliceThickness = 0.0
