@@ -67,7 +67,7 @@ class RunProgress:
         if self._bar is not None:
             self._bar.update(1)
         if self.mode == "json":
-            self._json("slide", slide=name, failed=failed, patches=patches)
+            self._json("slide", slide=name, ok=not failed, patches=patches)
         self._tick()
 
     def close(self) -> None:

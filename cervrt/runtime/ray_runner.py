@@ -203,8 +203,14 @@ class _Pool:
 
     def _start(self, count: int) -> list[Any]:
         """``count`` new workers, up and with the engine open (a model that cannot open raises here)."""
+        from ray.exceptions import RayError
+
         actors = [self.actor_class.remote(self.model, self.config, self.runner.cpus_per_worker) for _ in range(count)]
-        for actor, info in zip(actors, self.ray.get([a.info.remote() for a in actors]), strict=True):
+        try:
+            infos = self.ray.get([a.info.remote() for a in actors])
+        except RayError as exc:
+            raise CervrtError(f"the Ray slide workers could not start: {_first_line(exc)}") from None
+        for actor, info in zip(actors, infos, strict=True):
             if info["error"]:
                 raise CervrtError(info["error"])
             self.runner.workers_info.append(info)
@@ -212,7 +218,7 @@ class _Pool:
         return actors
 
     def run(self, jobs: list[SlideJob], outputs: OutputOptions) -> Iterator[SlideOutcome]:
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayTaskError
 
         queue = deque((job, 0) for job in jobs)
         idle = self._start(self.runner.workers)
@@ -234,7 +240,7 @@ class _Pool:
                 actor, job, tries = inflight.pop(ref)
                 try:
                     outcome = self.ray.get(ref)
-                except RayActorError as exc:
+                except _died() as exc:
                     self.runner._emit("died", job, self.pids.pop(actor, 0))
                     _remove_outputs(job, outputs)
                     idle.extend(self._start(1))
@@ -262,6 +268,13 @@ class _Pool:
                 self.ray.wait(list(inflight), num_returns=len(inflight), timeout=10)
             for _, job, _ in inflight.values():
                 _remove_outputs(job, outputs)
+
+
+def _died() -> tuple[type[BaseException], ...]:
+    """What ``ray.get`` raises when the worker process of a task is gone (killed, crashed, out of memory)."""
+    from ray import exceptions as e
+
+    return (e.RayActorError, e.OutOfMemoryError, e.WorkerCrashedError, e.NodeDiedError, e.ObjectLostError)
 
 
 def _absolute(job: SlideJob) -> SlideJob:
