@@ -22,10 +22,19 @@ spinning threads would steal the cores from, so spinning is turned off
 
 Thread safety: ``InferenceSession.run`` may be called from several threads at once on one session
 (ONNX Runtime guarantees it), so ``thread_safe`` is True and no lock is needed around ``run``.
+
+Device IO (the Predictor's GPU pipeline, ``cervrt.runtime.cuda_path``): on the CUDA provider with a
+float32 input, ``supports_device_io`` is True and ``run_device(input_ptr, n, stream)`` binds the
+caller's device buffer as the input through IO binding (``bind_input(..., "cuda", ...)``), lets ONNX
+Runtime allocate the outputs on the device and returns their addresses, valid until the next call on
+the same stream. ONNX Runtime runs on its own stream, so the caller's stream is synchronised first
+(the input is written there) and ``run_with_iobinding`` returns once the outputs are complete.
+Status: compiled, unexecuted here (no onnxruntime-gpu with a GPU on the machine it was written on).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -92,6 +101,9 @@ class OnnxRuntimeEngine(Engine):
         self._session = self._create_session(ort, providers)
         self._check_providers(requested, providers)
         self._bind_io()
+        self.supports_device_io = self.provider == CUDA_PROVIDER and self.input_dtype == np.float32
+        self._device_outputs: dict[int, Any] = {}  # stream -> the IO binding whose outputs were handed out
+        self._device_lock = threading.Lock()
 
     def _create_session(self, ort: Any, providers: list[Any]) -> Any:
         options = ort.SessionOptions()
@@ -144,5 +156,36 @@ class OnnxRuntimeEngine(Engine):
             raise CervrtError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {_first_line(exc)}") from exc
         return EngineOutput(results[0], results[1] if len(results) > 1 else None)
 
+    def run_device(self, input_ptr: int, n: int, stream: Any) -> tuple[int, int | None]:
+        """The session over ``n`` float32 (n, 3, P, P) patches at device address ``input_ptr`` (written on
+        ``stream``): device addresses of float32 ``probs`` and ``class_probs`` (or None), valid until the
+        next call on ``stream``. Compiled, unexecuted here."""
+        if self._session is None:
+            raise CervrtError("this onnxruntime engine is closed: open the model again")
+        if not self.supports_device_io:
+            raise CervrtError(f"run_device needs the {CUDA_PROVIDER} and a float32 input; this session runs "
+                              f"{self.provider} with {self.input_dtype} input")
+        from cervrt.cuda import native_handle
+        from cervrt.cuda.memory import synchronize_stream
+
+        key = native_handle(stream)
+        synchronize_stream(stream)  # ORT reads the input on its own stream
+        ordinal = int(self.device.partition(":")[2] or 0)
+        binding = self._session.io_binding()
+        shape = [int(n), 3, self.patch_size, self.patch_size]
+        binding.bind_input(self._input_name, "cuda", ordinal, np.float32, shape, int(input_ptr))
+        for name in self._output_names:
+            binding.bind_output(name, "cuda", ordinal)
+        try:
+            self._session.run_with_iobinding(binding)
+        except Exception as exc:  # ORT's own exception types
+            raise CervrtError(f"ONNX Runtime failed on a device batch of {n}: {_first_line(exc)}") from exc
+        outputs = binding.get_outputs()
+        with self._device_lock:
+            self._device_outputs[key] = (binding, outputs)  # kept alive until the next call on this stream
+        pointers = [int(value.data_ptr()) for value in outputs]
+        return pointers[0], pointers[1] if len(pointers) > 1 else None
+
     def _close(self) -> None:
+        self._device_outputs = {}
         self._session = None  # ORT frees the session (and its device memory) when the last reference goes
