@@ -178,3 +178,103 @@ def test_ctrl_c_mid_slide_leaves_no_half_written_output(model, tissue_png, tmp_p
     assert proc.returncode == 130
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert _files(out) == sorted([*RECORD, *(f"tissue.{kind}" for kind in OUTPUTS)])  # nothing of big
+
+
+# --- many slides: inputs, resume, records, workers -------------------------------------------------------
+
+
+def _one_error(result):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--manifest", "missing.csv"], "the manifest missing.csv does not exist"),
+        (["empty"], "empty holds no slides"),
+        (["SLIDE", "--shard", "3/2"], "shard '3/2' must be I/N"),
+        (["SLIDE", "--workers", "0"], "workers must be a positive number"),
+        (["SLIDE", "--workers", "1", "--ray-address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
+        (["SLIDE", "--ray-address", "127.0.0.1:1"], "need workers"),
+    ],
+)
+def test_bad_run_inputs_are_one_line_errors_and_write_nothing(model, tissue_png, tmp_path, args, fragment):
+    (tmp_path / "empty").mkdir()
+    args = [tissue_png if a == "SLIDE" else a for a in args]
+    result = _cervrt("infer", "--engine", model, *args, "--out", str(tmp_path / "out"), "--device", "cpu",
+                     cwd=tmp_path)
+    assert fragment in _one_error(result)
+    assert _files(tmp_path / "out") == []
+
+
+def test_a_manifest_row_with_a_missing_file_or_bad_mpp_is_a_failed_row(model, tissue_png, tmp_path):
+    (tmp_path / "m.csv").write_text(f"path,mpp,id\n{tissue_png},0.904,T-1\nnope.png,,N-2\n{tissue_png},-1,B-3\n")
+    result = _cervrt("infer", "--engine", model, "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"),
+                     "--device", "cpu")
+    assert result.returncode == 1 and len(_error_lines(result.stderr)) == 2
+    rows = (tmp_path / "o" / "summary.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1:3] for row in rows] == [["T-1", "done"], ["N-2", "failed"], ["B-3", "failed"]]
+    assert "does not exist" in rows[1] and "bad mpp '-1'" in rows[2]
+    assert _files(tmp_path / "o") == sorted([*RECORD, *(f"T-1.{kind}" for kind in OUTPUTS)])
+
+
+def test_same_names_in_two_folders_neither_collide_nor_overwrite_and_a_rerun_skips(model, tmp_path):
+    rng = np.random.default_rng(5)
+    for folder in ("a", "b"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        _png(tmp_path / "in" / folder / "case1.png", slide_image(rng, 120, 140, (20, 20, 80, 100)))
+    (tmp_path / "in" / "notes.txt").write_text("x")
+    args = ["infer", "--engine", model, str(tmp_path / "in"), "--recursive", "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--progress", "plain"]
+    first = _cervrt(*args)
+    assert first.returncode == 0, first.stderr
+    assert _files(tmp_path / "out") == sorted(["a", "b", *RECORD])
+    assert _files(tmp_path / "out" / "a") == _files(tmp_path / "out" / "b") == [f"case1.{k}" for k in OUTPUTS]
+    assert "progress: 2/2 slides" in first.stderr
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["unsupported_skipped"] == 1
+    again = _cervrt(*args)
+    assert again.returncode == 0 and again.stdout.count("skipped, already done") == 2
+    other = _cervrt(*args, "--stride", "16")
+    assert "already have outputs from another model or other settings" in _one_error(other)
+    assert _cervrt(*args, "--stride", "16", "--overwrite").returncode == 0
+    report = json.loads((tmp_path / "out" / "a" / "case1.json").read_text())
+    assert report["settings"]["stride"] == 16 and report["run"]["settings"]["stride"] == 16
+    clash = _cervrt("infer", "--engine", model, str(tmp_path / "in" / "a" / "case1.png"),
+                    str(tmp_path / "in" / "b" / "case1.png"), "--out", str(tmp_path / "o2"))
+    assert "would both write outputs named 'case1'" in _one_error(clash)
+
+
+def test_dry_run_plans_and_estimates_without_writing(model, tissue_png, tmp_path):
+    result = _cervrt("infer", "--engine", model, tissue_png, "--out", str(tmp_path / "out"), "--device", "cpu",
+                     "--stride", "32", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    first, last = result.stdout.strip().splitlines()
+    assert first.startswith("tissue: 260x200 px, ") and "windows to run" in first
+    assert last.startswith("dry run: 1 slides, ") and "ms per window measured here -> about" in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_without_ray_name_the_extra(model, tissue_png, tmp_path):
+    code = ("import sys; sys.modules['ray'] = None; from cervrt.cli import main; "
+            f"sys.argv = ['cervrt', 'infer', '--engine', {model!r}, {tissue_png!r}, '--out', {str(tmp_path)!r}, "
+            "'--workers', '2']; main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert 'ray is not installed: run pip install "cervrt[ray]"' in _one_error(result)
+
+
+def test_workers_run_on_a_local_ray_cluster_the_command_starts_and_stops(model, tissue_png, tmp_path):
+    pytest.importorskip("ray")
+    result = _cervrt("infer", "--engine", model, tissue_png, "--out", str(tmp_path / "ray"), "--device", "cpu",
+                     "--workers", "2", "--progress", "json")
+    assert result.returncode == 0, result.stderr
+    serial = _cervrt("infer", "--engine", model, tissue_png, "--out", str(tmp_path / "serial"), "--device", "cpu")
+    assert serial.returncode == 0, serial.stderr
+    assert np.array_equal(cv2.imread(str(tmp_path / "ray" / "tissue.mask.png"), cv2.IMREAD_UNCHANGED),
+                          cv2.imread(str(tmp_path / "serial" / "tissue.mask.png"), cv2.IMREAD_UNCHANGED))
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events] == ["slide", "end"] and events[-1]["done"] == 1
+    record = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert record["workers"] == 2 and record["status"] == "finished"
