@@ -223,7 +223,7 @@ class DicomSegWriter:
         seg_type = self._segment_type()
         ts = self._transfer_syntax()
         for level, f in enumerate(self.factors):
-            labels = np.take(lut, mask[::f, ::f])  # one in-memory copy of the level, read from the row file
+            labels = _level(mask, f, lut)
             if descriptions is None:  # nothing found: an empty SEG is not allowed; one empty normal segment
                 descriptions = self._descriptions([1])
             measures = self._hd.PixelMeasuresSequence(
@@ -242,6 +242,15 @@ class DicomSegWriter:
                     self._pydicom.uid.ExplicitVRLittleEndian))
             seg.save_as(out / f"level-{level}.dcm")
             del seg, labels
+
+
+def _level(mask: np.ndarray, f: int, lut: np.ndarray) -> np.ndarray:
+    """Segment numbers of the level subsampled by ``f``: one uint8 array, filled 1024 rows at a time from the
+    row file (a whole-array lookup would make an index array 8 times the level's size)."""
+    out = np.empty((-(-mask.shape[0] // f), -(-mask.shape[1] // f)), np.uint8)
+    for r in range(0, out.shape[0], 1024):
+        out[r : r + 1024] = lut[mask[r * f : (r + 1024) * f : f, ::f]]
+    return out
 
 
 def _ds(value: float) -> float:
