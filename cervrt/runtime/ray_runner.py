@@ -122,7 +122,7 @@ def _thread_limited_onnx(model: Path, config: PredictorConfig, threads: int) -> 
 def _open_engine(model: Path, config: PredictorConfig, threads: int | None) -> Any:
     from cervrt.engines import open_engine
 
-    if threads and model.suffix.lower() == ".onnx" and config.device in ("cpu", "auto"):
+    if threads and model.suffix.lower() == ".onnx" and getattr(config, "backend", None) in (None, "onnxruntime"):
         return _thread_limited_onnx(model, config, threads)
     return open_engine(model, device=config.device, batch_size=config.batch_size)
 
@@ -150,8 +150,9 @@ class SlideWorker:
         provider = getattr(getattr(self._predictor, "engine", None), "provider", "")
         return {"pid": os.getpid(), "max_rss_mib": round(rss, 1), "provider": provider, "error": self._error}
 
-    def run(self, job: SlideJob, outputs: OutputOptions) -> SlideOutcome:
-        return run_job(self._predictor, job, outputs)
+    def run(self, job: SlideJob, outputs: OutputOptions) -> tuple[SlideOutcome, dict[str, Any]]:
+        """The job's outcome, and ``info()`` after it (the worker's peak memory so far)."""
+        return run_job(self._predictor, job, outputs), self.info()
 
 
 class RayRunner(SlideRunner):
@@ -160,7 +161,7 @@ class RayRunner(SlideRunner):
     ``cpus_per_worker`` (default: the machine's cores shared out, at least 1) is each worker's Ray CPU
     share and its thread count; ``gpus_per_worker`` its GPU share (1: one engine per GPU). A dead
     worker's slide is retried ``retries`` times on a fresh worker. ``on_event(kind, job, pid)`` hears
-    ``"started"`` and ``"died"``; ``workers_info`` holds each worker's ``info()`` once it is up.
+    ``"started"`` and ``"died"``; ``workers_info`` maps each worker's pid to its latest ``info()``.
     """
 
     def __init__(self, workers: int, address: str | None = None, gpus_per_worker: float = 0.0,
@@ -174,7 +175,7 @@ class RayRunner(SlideRunner):
         self.workers, self.address, self.gpus_per_worker = workers, address, float(gpus_per_worker)
         self.cpus_per_worker = cpus_per_worker or max(1, (os.cpu_count() or 1) // workers)
         self.retries, self.on_event = retries, on_event
-        self.workers_info: list[dict[str, Any]] = []
+        self.workers_info: dict[int, dict[str, Any]] = {}
 
     def _emit(self, kind: str, job: SlideJob, pid: int) -> None:
         if self.on_event is not None:
@@ -213,7 +214,7 @@ class _Pool:
         for actor, info in zip(actors, infos, strict=True):
             if info["error"]:
                 raise CervrtError(info["error"])
-            self.runner.workers_info.append(info)
+            self.runner.workers_info[info["pid"]] = info
             self.pids[actor] = info["pid"]
         return actors
 
@@ -239,7 +240,8 @@ class _Pool:
                 [ref], _ = self.ray.wait(list(inflight), num_returns=1)
                 actor, job, tries = inflight.pop(ref)
                 try:
-                    outcome = self.ray.get(ref)
+                    outcome, info = self.ray.get(ref)
+                    self.runner.workers_info[info["pid"]] = info
                 except _died() as exc:
                     self.runner._emit("died", job, self.pids.pop(actor, 0))
                     _remove_outputs(job, outputs)

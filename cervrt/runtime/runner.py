@@ -2,10 +2,13 @@
 
 ``SlideRunner.run(model, slides, out, config, outputs)`` checks its inputs (slides given, the output
 directory writable) before any slide is read, hands the jobs to ``_run_jobs`` and turns what comes
-back into an ``InferSummary``: a line per finished slide (``echo``), a line per failure (``error``).
-One bad slide does not stop the others. ``SerialRunner`` (what ``cervrt infer`` uses) runs the jobs
-one after the other through one Predictor; a distributed runner (Ray, say) implements ``_run_jobs``
-with workers that each open the model and yields the outcomes as they arrive.
+back into an ``InferSummary``: a line per finished slide (``echo``), a line per failure (``error``),
+``on_outcome(outcome)`` for each (the run record listens there). One bad slide does not stop the
+others. ``SerialRunner`` runs the jobs one after the other through one Predictor;
+``cervrt.runtime.ray_runner.RayRunner`` implements ``_run_jobs`` with Ray workers that each open the
+model once and yields the outcomes as they arrive. Both call ``run_job`` per slide. A job is a path
+or a ``SlideJob`` planned by the caller (``cervrt.runtime.batch``: output names, a manifest's mpp, the
+run stamp the report records).
 """
 
 from __future__ import annotations
@@ -76,11 +79,12 @@ class InferSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def summary_line(result: Any) -> str:
-    """One line about a finished slide."""
+def summary_line(result: Any, name: str | None = None) -> str:
+    """One line about a finished slide (called ``name``, by default its report's)."""
     r = result.report
     patches = r["patches"]
-    head = f"{result.name}: {r['width']}x{r['height']} px, {patches['run']} patches run, {patches['skipped']} skipped"
+    size = f"{r['width']}x{r['height']} px"
+    head = f"{name or result.name}: {size}, {patches['run']} patches run, {patches['skipped']} skipped"
     if r["no_tissue"]:
         verdict = "no tissue found: the mask is all background"
     else:
@@ -119,6 +123,16 @@ def run_job(predictor: Any, job: SlideJob, outputs: OutputOptions, progress: Any
         return SlideOutcome(job, message=f"{type(exc).__name__}: {exc}")
 
 
+def _display_name(job: SlideJob, root: Path) -> str | None:
+    """``a/case1`` for a job named ``case1`` writing into ``root/a`` (None: the report's name)."""
+    if job.name is None:
+        return None
+    try:
+        return (job.out_dir / job.name).relative_to(root).as_posix()
+    except ValueError:
+        return job.name
+
+
 class SlideRunner(abc.ABC):
     """Runs many slides: ``run`` checks and reports, ``_run_jobs`` does the work (serially, or not)."""
 
@@ -139,7 +153,7 @@ class SlideRunner(abc.ABC):
                 error(f"error: {outcome.job.slide}: {outcome.message}")
             else:
                 summary.results.append(outcome.result)
-                echo(summary_line(outcome.result))
+                echo(summary_line(outcome.result, _display_name(outcome.job, Path(out))))
         return summary
 
     @abc.abstractmethod

@@ -75,8 +75,8 @@ def test_masks_equal_the_serial_run(cluster, model, slides, tmp_path):
     for result in serial.results:
         assert np.array_equal(_mask(result.paths["mask"]), _mask(tmp_path / "ray" / f"{result.name}.mask.png"))
     assert len(runner.workers_info) == 2 and all(info["provider"] == "CPUExecutionProvider"
-                                                 for info in runner.workers_info)
-    assert len({info["pid"] for info in runner.workers_info} | {os.getpid()}) == 3  # two worker processes
+                                                 for info in runner.workers_info.values())
+    assert os.getpid() not in runner.workers_info  # two worker processes, not this one
 
 
 def test_resume_skips_finished_slides_and_a_corrupt_slide_fails_alone(cluster, model, slides, tmp_path):
@@ -90,7 +90,8 @@ def test_resume_skips_finished_slides_and_a_corrupt_slide_fails_alone(cluster, m
     first = run_batch(model, collect_inputs([tmp_path / "in"], recursive=True), out, CONFIG, OutputOptions(), options,
                       echo=lambda line: None, error=errors.append)
     assert sorted(r.name for r in first.results) == ["c", "case1", "case1", "d"]
-    assert [slide for slide, _ in first.failed] == [str(tmp_path / "in" / "bad.png")] and len(errors) == 1
+    assert [slide for slide, _ in first.failed] == [str(tmp_path / "in" / "bad.png")]
+    assert len([line for line in errors if line.startswith("error: ")]) == 1
     rows = (out / "summary.csv").read_text().splitlines()
     assert len(rows) == 6 and sum(",failed," in row for row in rows) == 1 and sum(",done," in row for row in rows) == 4
     report = json.loads((out / "a" / "case1.json").read_text())
@@ -123,8 +124,9 @@ def test_a_killed_worker_costs_only_its_slide_which_is_retried(cluster, model, s
     assert killed, "the big slide ended before its worker could be killed"
     assert not summary.failed and sorted(r.name for r in summary.results) == ["big", "s0", "s1", "s2"]
     assert [e for e in events if e[0] == "died"] == [("died", "big.png", killed[0])]
-    assert [e[1] for e in events if e[0] == "started"].count("big.png") == 2  # retried once, on a fresh worker
-    assert len(runner.workers_info) == 3 and killed[0] not in [e[2] for e in events if e[0] == "started"][-1:]
+    big_starts = [pid for kind, name, pid in events if kind == "started" and name == "big.png"]
+    assert len(big_starts) == 2 and big_starts[0] == killed[0] != big_starts[1]  # retried once, on another worker
+    assert len(runner.workers_info) == 3  # the two first workers and the one that replaced the dead one
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{k}" for n in ("big", "s0", "s1", "s2")
                                                            for k in ("json", "mask.tiff", "overlay.jpg"))
 
