@@ -149,6 +149,8 @@ class Predictor:
         """Free the engine's resources (unless it was passed in open); the Predictor takes no more calls."""
         if not self._closed:
             self._closed = True
+            if self._device is not None:
+                self._device.close()  # the device labeler's per-thread GPU resources
             if self._owns_engine:
                 self.engine.close()
 
@@ -246,11 +248,20 @@ class Predictor:
         return HostLabeler(self.infer, self._backend, self.engine.patch_size, self.num_classes, self._stride,
                            self.config.blend, self.config.batch_size)
 
-    def _device_labeler(self) -> Labeler:
+    def _device_labeler(self) -> Labeler | None:
+        """The device labeler, or None with the reason in ``engine.fallback`` when its kernels or GPU
+        resources cannot be had (the host fuses then)."""
         from cervrt.runtime.cuda_path import DeviceLabeler
 
-        return DeviceLabeler(self._stage, self.engine.patch_size, self._stride, self.config.blend,
-                             self.config.batch_size)
+        labeler = DeviceLabeler(self._stage, self.engine.patch_size, self._stride, self.config.blend,
+                                self.config.batch_size)
+        reason = labeler.prepare()
+        if reason is None:
+            return labeler
+        labeler.close()
+        self.engine.fallback = f"the GPU fusion could not start, the host fuses instead: {reason}"
+        self.path = FusionPath.HOST
+        return None
 
     def _image_tissue(self, image: np.ndarray, timer: StageTimer) -> Any:
         """The TissueMap of an image in memory, or None when every window runs (threshold 0)."""

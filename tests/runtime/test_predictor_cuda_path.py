@@ -15,9 +15,10 @@ from cervrt import cuda
 from cervrt._cv import cv2
 from cervrt.engines import base
 from cervrt.engines.onnxruntime import OnnxRuntimeEngine
+from cervrt.errors import CervrtError
 from cervrt.runtime import cuda_path
+from cervrt.runtime.gpu import nvrtc_version
 from cervrt.runtime.predictor import FusionPath, Predictor
-from tests.support.cuda_emulation import EMULATED_PTX
 from tests.support.tiny_onnx import MPP, save_tiny_model, tissue_image
 
 
@@ -69,8 +70,12 @@ class _EmulatedPlan:
 
 @pytest.fixture
 def emulated(emulated, monkeypatch):
-    """The emulated driver (conftest), plus the Predictor's kernel source and the stand-in plan engine."""
-    monkeypatch.setattr(cuda_path, "_kernels", lambda predictor: EMULATED_PTX)
+    """The emulated driver (conftest) and the stand-in plan engine; the kernels are NVRTC's CUBIN for the
+    emulated device, as on a GPU (the emulator checks its architecture, then runs the host build)."""
+    try:
+        nvrtc_version()
+    except CervrtError as exc:
+        pytest.skip(f"NVRTC cannot be loaded: {exc}")
     monkeypatch.setitem(base._REGISTRY, ".emuplan", _EmulatedPlan)
     return emulated
 

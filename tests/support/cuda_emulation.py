@@ -129,6 +129,7 @@ class EmulatedDriver:
         self.modules: list[str] = []  # "cubin sm_XY" / "ptx X.Y" per module loaded
         self.host_waits = 0  # stream and event synchronisations (the host blocked on the device)
         self.retained = 0  # primary context retains not released yet
+        self.streams_created = 0
         self._lock = threading.RLock()
         self._current = threading.local()
         self._queues: dict[int, deque[tuple[int, Callable[[], None]]]] = {}
@@ -410,6 +411,7 @@ class EmulatedDriver:
         handle = self._handle("stream")
         with self._lock:
             self._queues[handle.value] = deque()
+            self.streams_created += 1
         return self._ok, handle
 
     def cuStreamSynchronize(self, stream: Any) -> tuple[Any]:

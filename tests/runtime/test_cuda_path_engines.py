@@ -1,0 +1,117 @@
+"""The Predictor's device path with the TensorRT engine itself (the fake ``tensorrt`` runtime computing on
+the host at the addresses it is given) on the strict emulated driver: threads sharing one Predictor,
+one CudaFusion per thread, the gate on the device without a host wait per batch, and the host
+fallback when the kernels cannot be built (issue 13, sections 1 and 3). Each failed before the fixes."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from cervrt.errors import CervrtError
+from cervrt.runtime.gpu import nvrtc_version
+from cervrt.runtime.predictor import FusionPath, Predictor
+from tests.support.cuda_emulation import emulated_cuda
+from tests.support.fake_trt_runtime import make_fake_trt_runtime, plan_metadata, write_plan
+
+GPU = ("Emulated GPU", "7.5")  # the conftest's emulated device
+
+
+@pytest.fixture
+def plan(emulated, tmp_path, monkeypatch):
+    """A fake plan for the emulated device, the fake tensorrt installed; NVRTC builds the real kernels."""
+    try:
+        nvrtc_version()
+    except CervrtError as exc:
+        pytest.skip(f"NVRTC cannot be loaded: {exc}")
+
+    def make(**kwargs):
+        gate = kwargs.pop("gate_epsilon", None)
+        trt = make_fake_trt_runtime(max_batch=4, **kwargs)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        metadata = plan_metadata(gpu=GPU, max_batch=4, **kwargs)
+        if gate is not None:
+            metadata["gate_epsilon"] = gate
+        return write_plan(tmp_path, metadata)
+
+    return make
+
+
+def _image(seed, height=112, width=96):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _host(path, image, **settings):
+    with Predictor(path, fusion="numpy", **settings) as host:
+        return host.predict(image)
+
+
+SETTINGS = {"batch_size": 4, "stride": 16, "tissue_threshold": 0}
+
+
+def test_threads_sharing_a_predictor_each_get_their_own_labels(plan, emulated):
+    path = plan()
+    images = [_image(seed) for seed in range(4)]
+    expected = [_host(path, image, **SETTINGS) for image in images]
+    results: dict[int, np.ndarray] = {}
+    with Predictor(path, **SETTINGS) as gpu:
+        assert gpu.path is FusionPath.CUDA
+
+        def work(i):
+            results[i] = gpu.predict(images[i])
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for i, labels in sorted(results.items()):
+        np.testing.assert_array_equal(labels, expected[i])
+    assert len(results) == 4 and emulated.buffers == {} and emulated.retained == 0
+
+
+def test_one_cuda_fusion_per_thread_not_per_call(plan, emulated):
+    path = plan()
+    image = _image(7)
+    with Predictor(path, **SETTINGS) as gpu:
+        first = gpu.predict(image)
+        streams = emulated.streams_created
+        for _ in range(2):
+            np.testing.assert_array_equal(gpu.predict(image), first)
+        assert emulated.streams_created == streams  # the same fusion's streams, again
+    np.testing.assert_array_equal(first, _host(path, image, **SETTINGS))
+    assert emulated.buffers == {} and emulated.retained == 0
+
+
+def test_a_gated_model_adds_no_host_wait_per_batch(plan, emulated):
+    image = _image(3)
+    waits = {}
+    for gated in (False, True):
+        path = plan(with_classifier=True, gate_epsilon=0.5 if gated else None)
+        with Predictor(path, **SETTINGS) as gpu:
+            gpu.predict(image)  # warm: kernels, this thread's fusion
+            before = emulated.host_waits
+            labels = gpu.predict(image)
+            waits[gated] = emulated.host_waits - before
+        np.testing.assert_array_equal(labels, _host(path, image, **SETTINGS))
+    assert waits[True] == waits[False]
+
+
+def test_kernels_that_cannot_be_built_fall_back_to_the_host_with_the_reason(plan, emulated, tmp_path):
+    plan()  # the fake tensorrt
+    real = pytest.importorskip("cuda.bindings.driver")
+    with emulated_cuda(real, emulated._kernels, ("Emulated GPU", "9.9")):  # no NVRTC target for sm_99
+        import json
+
+        meta = plan_metadata(gpu=("Emulated GPU", "9.9"), max_batch=4)
+        path = write_plan(tmp_path, meta, name="new.plan")
+        assert json.loads(path.with_name("new.plan.json").read_text())["compute_capability"] == "9.9"
+        image = _image(5)
+        with Predictor(path, **SETTINGS) as gpu:
+            assert gpu.path is FusionPath.HOST and gpu.fusion_backend != "cuda"
+            assert "the host fuses instead" in gpu.engine.fallback
+            labels = gpu.predict(image)
+        np.testing.assert_array_equal(labels, _host(path, image, **SETTINGS))
