@@ -15,6 +15,7 @@ status (``finished``, or ``interrupted`` on Ctrl-C).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -91,7 +92,8 @@ class _Plan:
 
 def _stamp(model: Path, config: PredictorConfig, outputs: OutputOptions, min_area: float) -> RunStamp:
     settings = {k: v for k, v in config.as_dict().items() if k not in _NOT_IN_STAMP}
-    settings |= {"format": outputs.fmt, "geojson": outputs.geojson}
+    settings |= {"format" if k == "fmt" else k: v for k, v in dataclasses.asdict(outputs).items()}
+    settings = json.loads(json.dumps(settings))  # as a report holds it: tuples as lists
     return RunStamp(model_sha256(model), settings, float(min_area))
 
 
@@ -111,12 +113,7 @@ def _job(slide: SlideInput, out: Path, stamp: RunStamp) -> SlideJob:
 
 def _resume(job: SlideJob, outputs: OutputOptions, stamp: RunStamp) -> tuple[str, dict[str, Any] | None, list[Path]]:
     """``("new"|"done"|"other", report, existing paths)`` for a job's outputs."""
-    from cervrt.runtime.slide_run import mask_format
-
-    paths: list[Path] = []
-    for size in (1, 1 << 31):  # the requested format, and its fallback for a very large mask
-        paths += output_paths(job.out_dir, job.name or "", mask_format(outputs.fmt, size, 1), outputs.geojson)
-    existing = sorted({p for p in paths if p.exists()})
+    existing = [p for p in output_paths(job.out_dir, job.name or "", outputs) if p.exists()]
     if not existing:
         return "new", None, []
     report = read_report(job.out_dir / f"{job.name}.json")

@@ -287,10 +287,6 @@ def _absolute(job: SlideJob) -> SlideJob:
 def _remove_outputs(job: SlideJob, outputs: OutputOptions) -> None:
     from cervrt.runtime.inputs import slide_stem
     from cervrt.runtime.record import output_paths, remove_partial
-    from cervrt.runtime.slide_run import mask_format
 
     name = job.name or slide_stem(job.slide)
-    paths: list[Path] = []
-    for size in (1, 1 << 31):  # the requested format, and the one a very large mask falls back to
-        paths += output_paths(job.out_dir, name, mask_format(outputs.fmt, size, 1), outputs.geojson)
-    remove_partial(job.out_dir, name, sorted(set(paths)))
+    remove_partial(job.out_dir, name, output_paths(job.out_dir, name, outputs))

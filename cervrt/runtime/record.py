@@ -80,10 +80,19 @@ def stamp_report(result: Any, stamp: RunStamp, mpp: float | None) -> None:
     write_json(result.paths["json"], result.report)
 
 
-def output_paths(out_dir: Path, name: str, fmt: Any, geojson: bool) -> list[Path]:
-    """The outputs a slide named ``name`` writes in ``out_dir`` with format ``fmt`` (a registered OutputFormat)."""
-    paths = [*fmt.paths(out_dir, name).values(), out_dir / f"{name}.overlay.jpg", out_dir / f"{name}.json"]
-    return [*paths, out_dir / f"{name}.geojson"] if geojson else paths
+def output_paths(out_dir: Path, name: str, outputs: Any) -> list[Path]:
+    """Every path a slide named ``name`` may write in ``out_dir`` with ``outputs`` (an OutputOptions): each
+    requested mask format and the one a very large mask falls back to, the overlay, GeoJSON, the report."""
+    from cervrt.runtime.slide_run import mask_format
+
+    paths: list[Path] = []
+    for fmt in (outputs.fmt, *getattr(outputs, "extra_formats", ())):
+        for size in (1, 1 << 31):
+            paths += mask_format(fmt, size, 1).paths(out_dir, name).values()
+    paths += [out_dir / f"{name}.overlay.jpg", out_dir / f"{name}.json"]
+    if outputs.geojson:
+        paths += [out_dir / f"{name}.geojson", out_dir / f"{name}.geojson.gz"]
+    return sorted(set(paths))
 
 
 #: What follows ``.NAME.`` in the hidden temporaries a slide's outputs are written through.
