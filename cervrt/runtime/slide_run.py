@@ -176,6 +176,7 @@ def slide_report(predictor: SlidePredictor, slide: Any, name: str, counts: np.nd
                   "classes": list(names)},
         "engine": engine.kind, "provider": engine.provider, "precision": engine.precision, "device": engine.device,
         "fusion": predictor.fusion_backend,
+        "fallback": getattr(engine, "fallback", None),  # why the engine or fusion is not the one asked for
         "settings": {"stride": settings.stride, "blend": settings.blend.value, "batch_size": settings.batch_size,
                      "tissue_threshold": settings.tissue_threshold},
         "patches": {"total": run + skipped, "run": run, "skipped": skipped},

@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+import tifffile
 
 from cervrt.errors import CervrtError
 from cervrt.runtime.gpu import nvrtc_version
@@ -114,4 +115,9 @@ def test_kernels_that_cannot_be_built_fall_back_to_the_host_with_the_reason(plan
             assert gpu.path is FusionPath.HOST and gpu.fusion_backend != "cuda"
             assert "the host fuses instead" in gpu.engine.fallback
             labels = gpu.predict(image)
+            slide = tmp_path / "slide.tiff"
+            tifffile.imwrite(slide, image, photometric="rgb", resolution=(1e4 / 0.904, 1e4 / 0.904),
+                             resolutionunit="CENTIMETER")
+            report = gpu.predict_slide(slide, tmp_path / "out").report
         np.testing.assert_array_equal(labels, _host(path, image, **SETTINGS))
+        assert report["fusion"] != "cuda" and "the host fuses instead" in report["fallback"]
