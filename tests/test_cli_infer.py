@@ -278,3 +278,21 @@ def test_workers_run_on_a_local_ray_cluster_the_command_starts_and_stops(model, 
     assert [e["event"] for e in events] == ["slide", "end"] and events[-1]["done"] == 1
     record = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert record["workers"] == 2 and record["status"] == "finished"
+
+
+def test_ctrl_c_stops_the_ray_workers_and_leaves_no_partial_outputs(model, tissue_png, tmp_path):
+    pytest.importorskip("ray")
+    big = _png(tmp_path / "big.png", tissue_image(np.random.default_rng(6), 1400, 1400))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cervrt", "infer", "--engine", model, big, "--out", str(out),
+                             "--device", "cpu", "--stride", "8", "--tissue-threshold", "0", "--format", "tiff",
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            out.is_dir() and any(p.name.startswith(".big.mask.tiff.") for p in out.iterdir())):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert _files(out) == []  # the worker's half-written mask is gone; no slide ended, so no record either
