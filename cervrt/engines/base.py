@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cervrt.devices import Device, parse_device
-from cervrt.errors import CervrtError
+from cervrt.errors import CervrtError, InputError
 
 __all__ = [
     "MIN_SIDE",
@@ -293,6 +293,26 @@ def _check_file(path: Path) -> None:
         raise CervrtError(f"{path} is empty")
 
 
+def _check_options(opener: EngineFactory, options: dict[str, Any], path: Path) -> None:
+    """InputError for an option the engine's constructor does not take (its keyword-only parameters)."""
+    if not options:
+        return
+    import inspect
+
+    try:
+        parameters = inspect.signature(opener).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    taken = [name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        kind = getattr(opener, "kind", getattr(opener, "__name__", "this"))
+        raise InputError(f"the {kind} engine for {path.name} takes no option {', '.join(unknown)}; it takes "
+                         f"{', '.join(taken) or 'none'}")
+
+
 def _choose(path: Path, backend: str | None) -> tuple[EngineFactory | str, tuple[str, ...]]:
     """The factory for ``path`` (and ``backend``) and its extra device kinds; CervrtError listing the valid ones."""
     suffix = path.suffix.lower()
@@ -311,17 +331,21 @@ def _choose(path: Path, backend: str | None) -> tuple[EngineFactory | str, tuple
 
 
 def open_engine(path: str | os.PathLike[str], device: str | Device = "auto", batch_size: int | None = None, *,
-                backend: str | None = None) -> Engine:
+                backend: str | None = None, options: dict[str, Any] | None = None) -> Engine:
     """Open a model for inference: ``.onnx`` (ONNX Runtime), ``.plan`` (TensorRT), ``.pt``/``.pth`` (torch).
 
     ``device``: ``auto`` (a GPU when one works, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``, or a
     kind the backend declares. ``batch_size``: the largest batch the caller will send (TensorRT sizes
     its buffers by it and refuses one above its profile); None for the backend's default.
     ``backend``: which backend runs the file's format (``engine_backends("onnx")``); None for the default.
+    ``options``: keyword arguments of the backend's constructor (ONNX Runtime: ``threads``,
+    ``cuda_options``); one the backend does not take raises InputError naming those it does.
     """
     path = Path(path)
     factory, device_kinds = _choose(path, backend)
     parsed = parse_device(device, device_kinds)
     batch_size = _check_batch_size(batch_size)
     _check_file(path)
-    return _load(factory)(path, parsed, batch_size)
+    opener = _load(factory)
+    _check_options(opener, dict(options or {}), path)
+    return opener(path, parsed, batch_size, **dict(options or {}))

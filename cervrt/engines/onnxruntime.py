@@ -88,13 +88,14 @@ class OnnxRuntimeEngine(Engine):
     thread_safe = True
 
     def __init__(self, path: str | Path, device: str | Device = "auto", batch_size: int | None = None, *,
-                 cuda_options: Mapping[str, str] | None = None) -> None:
+                 cuda_options: Mapping[str, str] | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
         self.precision = str(self.metadata["precision"])
         self.batch_size = batch_size
+        self.threads = threads
         requested = parse_device(device)
         count, reason = (0, "") if requested.kind == "cpu" else cuda_device_count()
         providers = choose_providers(requested, ort.get_available_providers(), count, reason, cuda_options)
@@ -109,6 +110,8 @@ class OnnxRuntimeEngine(Engine):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
+        if self.threads is not None:
+            options.intra_op_num_threads = int(self.threads)
         try:
             return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for graphs it cannot load
