@@ -203,7 +203,8 @@ def metadata_from_model(model: Any, source: str = "the model") -> dict[str, Any]
     """The ``cervrt`` metadata of a loaded ONNX model; CervrtError if there is none."""
     values = [p.value for p in model.metadata_props if p.key == METADATA_KEY]
     if not values:
-        raise CervrtError(f"{source} has no cervrt metadata: export it with `cervrt export CHECKPOINT`")
+        raise CervrtError(f"{source} has no cervrt metadata: export it with `cervrt export CHECKPOINT`, or give "
+                          "a model cervrt did not export its metadata with `cervrt adopt MODEL --classes ...`")
     try:
         data = json.loads(values[-1])
     except json.JSONDecodeError:

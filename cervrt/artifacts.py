@@ -64,19 +64,33 @@ def artifact_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _READERS[suffix](path)
 
 
-def _giga(value: int) -> str:
-    return f"{value / 1e9:.2f}G"
+def _giga(value: int | None) -> str:
+    return "unknown" if value is None else f"{value / 1e9:.2f}G"
+
+
+def _tensors(values: Any) -> str:
+    """``name dtype shape; ...`` of graph inputs or outputs (plain names when that is all there is)."""
+    described = [f"{v.get('name')} {v.get('dtype')} {v.get('shape')}" if isinstance(v, dict) else str(v)
+                 for v in values or ()]
+    return "; ".join(described) or "unknown"
 
 
 def format_info(info: dict[str, Any]) -> str:
-    """Human-readable summary of an info dict."""
-    lines = [f"{info['kind']}: {info.get('path', info['arch'])}",
-             f"  arch        {info['arch']} {info['arch_kwargs']}",
-             f"  classes     {', '.join(info['classes'])}",
-             f"  params      {info['params'] / 1e6:.2f}M",
-             f"  MACs        {_giga(info['macs_384'])} at 384x384, {_giga(info['macs_patch'])} at "
-             f"{info['patch_size']}x{info['patch_size']} (patch)"]
-    for key in ("mpp", "epoch", "precision", "opset"):
+    """Human-readable summary of an info dict (a key may be missing or None: an adopted model has no MACs)."""
+    patch, params = info.get("patch_size"), info.get("params")
+    lines = [f"{info.get('kind', 'artifact')}: {info.get('path', info.get('arch'))}",
+             f"  arch        {info.get('arch')} {info.get('arch_kwargs') or ''}".rstrip(),
+             f"  classes     {', '.join(info.get('classes') or ())}",
+             f"  params      {'unknown' if params is None else f'{params / 1e6:.2f}M'}",
+             f"  MACs        {_giga(info.get('macs_384'))} at 384x384, {_giga(info.get('macs_patch'))} at "
+             f"{patch}x{patch} (patch)",
+             f"  patch       {f'{patch}x{patch}' if patch else 'unknown'}"]
+    if info.get("mean") is not None and info.get("std") is not None:
+        mean, std = (",".join(f"{float(v):g}" for v in info[key]) for key in ("mean", "std"))
+        lines.append(f"  normalise   (rgb / 255 - mean) / std, RGB, NCHW; mean {mean}, std {std}")
+    if "inputs" in info or "outputs" in info:
+        lines += [f"  inputs      {_tensors(info.get('inputs'))}", f"  outputs     {_tensors(info.get('outputs'))}"]
+    for key in ("mpp", "epoch", "precision", "io_dtype", "opset"):
         if info.get(key) is not None:
             lines.append(f"  {key:<11} {info[key]}")
     metrics = {k: v for k, v in (info.get("metrics") or {}).items() if v is not None}

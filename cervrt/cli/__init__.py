@@ -27,6 +27,8 @@ _COMMANDS = {
     "demo": ("cervrt.cli.demo:demo", "train"),
     "bench": ("cervrt.cli.bench:bench", "train"),
     "infer": ("cervrt.cli.infer:infer", ""),
+    "adopt": ("cervrt.cli.adopt:adopt_command", ""),
+    "serve": ("cervrt.cli.serve:serve_command", "serve"),
 }
 
 

@@ -51,4 +51,10 @@ def bench(more_models: tuple[str, ...], models: tuple[str, ...], batch_sizes: st
     except CervrtError as exc:  # the library names its argument; the user typed the flag
         raise CervrtError(f"--{str(exc).replace('_', '-', 1)}") from None
     config = BenchConfig(out=out, models=models + more_models, batch_sizes=sizes, quick=quick, device=device)
-    click.echo(format_report(run_bench(config, echo=click.echo)))
+    report = run_bench(config, echo=click.echo)
+    click.echo(format_report(report))
+    failed = [row for row in report["models"] if "error" in row]
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(report['models'])} model(s) failed: "
+                   + "; ".join(f"{row['path']}: {row['error']}" for row in failed), err=True)
+        raise SystemExit(1)

@@ -56,3 +56,23 @@ def test_a_cervrt_checkpoint_or_a_pickle_is_not_taken(tmp_path, weights):
     torch.save({"weights": [1, 2, 3]}, tmp_path / "list.pth")
     with pytest.raises(ModelError, match="is not a state_dict"):
         convert_state_dict(tmp_path / "list.pth", "hspnet")
+
+
+def test_cervrt_export_takes_a_state_dict_with_arch(weights, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "hsp.onnx"
+    result = subprocess.run([sys.executable, "-m", "cervrt", "export", str(weights[0]), "--arch", "hspnet",
+                             "--encoder", "resnet34", "--classes", "5", "--patch-size", "64", "--mpp", "0.5",
+                             "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    from cervrt.artifact import read_metadata
+
+    metadata = read_metadata(out)
+    assert metadata["arch"] == "hspnet" and metadata["patch_size"] == 64 and metadata["mpp"] == 0.5
+    assert metadata["source_checkpoint"].endswith("hsp.pt") and (tmp_path / "hsp.pt").is_file()
+    refused = subprocess.run([sys.executable, "-m", "cervrt", "export", str(weights[0]), "--encoder", "resnet34"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and refused.stderr.strip() == "error: --encoder describes a plain state_dict: " \
+                                                                   "add --arch NAME"
