@@ -121,3 +121,19 @@ def test_kernels_that_cannot_be_built_fall_back_to_the_host_with_the_reason(plan
             report = gpu.predict_slide(slide, tmp_path / "out").report
         np.testing.assert_array_equal(labels, _host(path, image, **SETTINGS))
         assert report["fusion"] != "cuda" and "the host fuses instead" in report["fallback"]
+
+
+@pytest.mark.gpu
+def test_the_torch_engine_on_cuda_runs_the_whole_image_on_the_gpu(tmp_path):
+    pytest.importorskip("torch")
+    from tests.support.tiny_models import save_tiny_checkpoint
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "hspnet.pt")
+    image = _image(11, 256, 224)
+    settings = {"batch_size": 8, "stride": 32, "tissue_threshold": 0}
+    with Predictor(checkpoint, device="cuda", **settings) as gpu:
+        assert gpu.path is FusionPath.CUDA and gpu.engine.fallback is None
+        labels = gpu.predict(image)
+    with Predictor(checkpoint, device="cuda", fusion="numpy", **settings) as host:
+        expected = host.predict(image)
+    assert (labels == expected).mean() > 0.999  # the same engine; ties and cuDNN's algorithm choice aside
