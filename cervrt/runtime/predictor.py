@@ -38,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cervrt.errors import CervrtError, InputError, ModelError
+from cervrt.probs_check import check_probabilities
 from cervrt.runtime.config import Fusion, PredictorConfig, default_stride
 from cervrt.runtime.fusion import get_backend
+from cervrt.runtime.hooks import OnRows, call_progress, rows_sink
 from cervrt.runtime.pipeline import (
     STAGES,
     ArraySource,
@@ -55,6 +57,7 @@ from cervrt.runtime.pipeline import (
     gate_factors,
     plan_rows,
 )
+from cervrt.runtime.region import RegionPlan, labels_to, plan_region, probabilities_to, to_model_resolution
 from cervrt.runtime.stitcher import LabelChunk, ProbabilityStitcher
 
 if TYPE_CHECKING:
@@ -83,6 +86,21 @@ def choose_fusion(fusion: Fusion | str, engine: Any) -> FusionPath:
     return FusionPath.CUDA if on_gpu and fusion in (Fusion.AUTO, Fusion.CUDA) else FusionPath.HOST
 
 
+def _engine_options(threads: int | None, gpu_mem_limit: int | None,
+                    engine_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The engine's keyword arguments for ``threads``, ``gpu_mem_limit`` and ``engine_options``."""
+    options = dict(engine_options or {})
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InputError(f"threads must be a positive integer, got {threads!r}")
+        options["threads"] = threads
+    if gpu_mem_limit is not None:
+        if isinstance(gpu_mem_limit, bool) or not isinstance(gpu_mem_limit, (int, float)) or gpu_mem_limit <= 0:
+            raise InputError(f"gpu_mem_limit must be a positive number of bytes, got {gpu_mem_limit!r}")
+        options["cuda_options"] = {**options.get("cuda_options", {}), "gpu_mem_limit": str(int(gpu_mem_limit))}
+    return options
+
+
 class Predictor:
     """Segment H&E images with a cervrt artifact (.onnx, .plan or .pt checkpoint); a context manager.
 
@@ -94,11 +112,18 @@ class Predictor:
     it are not run; 0 runs every window), ``fusion`` (``"auto"``: the GPU for TensorRT on CUDA, else
     the C extension, else numpy; ``"c"``, ``"numpy"`` or ``"cuda"``) and ``mpp`` (overrides the
     microns per pixel of slides; needed for PNG/JPEG not at the model's resolution).
-    ``progress(done, total)`` is called after every batch.
+    ``progress(done, total)`` is called after every batch (each call may pass its own).
+
+    Resources: ``threads`` (ONNX Runtime's intra-op threads; None: its default, one per core),
+    ``gpu_mem_limit`` (bytes ONNX Runtime's CUDA provider may allocate) and ``engine_options`` (other
+    keyword arguments of the engine's constructor, e.g. ``cuda_options`` for ONNX Runtime) apply when
+    the Predictor opens the model; an engine that takes no such option refuses it by name.
     """
 
     def __init__(self, model_path: str | Path | None = None, config: PredictorConfig | None = None, *,
-                 engine: Any = None, progress: Progress | None = None, **overrides: Any) -> None:
+                 engine: Any = None, progress: Progress | None = None, threads: int | None = None,
+                 gpu_mem_limit: int | None = None, engine_options: dict[str, Any] | None = None,
+                 **overrides: Any) -> None:
         if config is not None and not isinstance(config, PredictorConfig):
             raise InputError(f"config must be a PredictorConfig, got {type(config).__name__}")
         if (model_path is None) == (engine is None):
@@ -108,7 +133,12 @@ class Predictor:
             config = config.replace(**overrides)
         self._owns_engine = engine is None
         stage = engine if isinstance(engine, EngineStage) else None
-        self.engine = self._open(model_path, config) if engine is None else (stage.engine if stage else engine)
+        options = _engine_options(threads, gpu_mem_limit, engine_options)
+        if engine is not None and options:
+            raise InputError("threads, gpu_mem_limit and engine_options configure an engine the Predictor opens: "
+                             "pass them with a model path, or set them on the engine you pass")
+        self.engine = (self._open(model_path, config, options) if engine is None
+                       else (stage.engine if stage else engine))
         try:
             self.config = config.resolve(self.engine.patch_size)
             self._stride = self.config.stride or default_stride(self.engine.patch_size)
@@ -126,10 +156,11 @@ class Predictor:
         self._closed = False
 
     @staticmethod
-    def _open(model_path: str | Path | None, config: PredictorConfig) -> Any:
+    def _open(model_path: str | Path | None, config: PredictorConfig, options: dict[str, Any]) -> Any:
         from cervrt.engines import open_engine
 
-        return open_engine(model_path, device=config.device, batch_size=config.batch_size)  # type: ignore[arg-type]
+        return open_engine(model_path, device=config.device, batch_size=config.batch_size,  # type: ignore[arg-type]
+                           options=options)
 
     def with_settings(self, **changes: Any) -> Predictor:
         """A Predictor over this one's engine (and its lock) with ``changes`` to the settings; closing it
@@ -180,44 +211,71 @@ class Predictor:
 
     # -- images in memory --------------------------------------------------------------------------
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """uint8 (H, W) labels of an (H, W, 3) uint8 RGB image at the model's resolution (0 = background)."""
+    def predict(self, image: np.ndarray, *, mpp: float | None = None, progress: Progress | None = None,
+                cancel: Any = None, on_rows: OnRows | None = None) -> np.ndarray:
+        """uint8 (H, W) labels (0 = background) of an (H, W, 3) uint8 RGB image.
+
+        ``mpp``: the image's microns per pixel; the image is resized to the model's resolution for the
+        run and the labels come back to (H, W) by nearest neighbour (None: it is at the model's).
+        ``progress(done, total)``: called before the first batch and after every batch of this call
+        (default: the constructor's). ``cancel``: a ``threading.Event``, a ``cervrt.CancelToken`` or a
+        callable returning true to stop; checked before the start and after every batch, it raises
+        ``cervrt.errors.Cancelled`` and the Predictor stays usable. ``on_rows(y0, labels)``: each band
+        of finished label rows, top to bottom, at the model's resolution (read-only: copy to keep).
+        """
         image = self._check_call(image)
-        labels = np.zeros(image.shape[:2], dtype=np.uint8)
+        hook = call_progress(self._progress(progress), cancel, "predict")
+        labels = self._labels(to_model_resolution(image, mpp, self.engine.mpp), hook, on_rows)
+        return labels_to(labels, *image.shape[:2])
 
-        def sink(chunks: list[LabelChunk]) -> None:
-            for first, block in chunks:
-                labels[first : first + block.shape[0]] = block
-
-        timer = StageTimer()
-        rows, _ = self.plan_windows(*image.shape[:2], self._image_tissue(image, timer))
-        self.label_rows(ArraySource(image, *self.gather_args()), rows, *image.shape[:2], sink, timer, self.progress)
-        return labels
-
-    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+    def predict_proba(self, image: np.ndarray, *, mpp: float | None = None, progress: Progress | None = None,
+                      cancel: Any = None) -> np.ndarray:
         """float32 (C, H, W) fused class probabilities of an (H, W, 3) uint8 RGB image; pixels of skipped
-        windows are background with probability 1. Holds C + 1 float32 planes of the image."""
+        windows are background with probability 1. Holds C + 1 float32 planes of the image. ``mpp``,
+        ``progress`` and ``cancel`` as for ``predict`` (probabilities come back bilinearly)."""
         image = self._check_call(image)
-        height, width = image.shape[:2]
-        stitcher = ProbabilityStitcher(height, width, self.num_classes, self.engine.patch_size, self.config.blend,
-                                       backend=self._backend)
-        timer = StageTimer()
-        rows, _ = self.plan_windows(height, width, self._image_tissue(image, timer))
-        self._host_labeler().label(ArraySource(image, *self.gather_args()), rows, height, width, lambda chunks: None,
-                                   timer, self.progress, stitcher=stitcher)
-        return stitcher.probabilities()
+        hook = call_progress(self._progress(progress), cancel, "predict_proba")
+        probs = self._probabilities(to_model_resolution(image, mpp, self.engine.mpp), hook)
+        return probabilities_to(probs, *image.shape[:2])
+
+    # -- regions of a slide ------------------------------------------------------------------------------
+
+    def predict_region(self, slide: Any, x: int, y: int, width: int, height: int, *, level: int | None = None,
+                       mpp: float | None = None, progress: Progress | None = None, cancel: Any = None) -> np.ndarray:
+        """uint8 (height, width) labels of a region of a slide (a path, or a slide opened with
+        ``cervrt.runtime.readers.open_slide``), reading only the region and one patch of context around it.
+
+        ``x, y, width, height`` are level-0 pixels of the slide (``level=N``: pixels of pyramid level N;
+        ``mpp=M``: pixels of M microns); the labels are on that grid. With ``tissue_threshold=0`` they
+        equal the whole-slide labels of the same pixels. ``progress`` and ``cancel`` as for ``predict``.
+        A region outside the slide or of no size raises ``InputError``.
+        """
+        plan, pixels, hook = self._region(slide, x, y, width, height, level, mpp, progress, cancel)
+        return labels_to(np.ascontiguousarray(self._labels(pixels, hook, None)[plan.inner()]), *plan.size)
+
+    def predict_region_proba(self, slide: Any, x: int, y: int, width: int, height: int, *, level: int | None = None,
+                             mpp: float | None = None, progress: Progress | None = None,
+                             cancel: Any = None) -> np.ndarray:
+        """float32 (C, height, width) probabilities of a region; arguments as for ``predict_region``."""
+        plan, pixels, hook = self._region(slide, x, y, width, height, level, mpp, progress, cancel)
+        rows, cols = plan.inner()
+        return probabilities_to(np.ascontiguousarray(self._probabilities(pixels, hook)[:, rows, cols]), *plan.size)
 
     # -- whole slides --------------------------------------------------------------------------------
 
     def predict_slide(self, path: str | Path, out_dir: str | Path, fmt: str = "png", geojson: bool = False,
-                      name: str | None = None, progress: Progress | None = None) -> SlideResult:
+                      name: str | None = None, progress: Progress | None = None, cancel: Any = None,
+                      on_rows: OnRows | None = None) -> SlideResult:
         """Stream a slide through the model into ``out_dir``: NAME.mask.png (or .tiff), NAME.overlay.jpg,
-        NAME.json and, with ``geojson``, NAME.geojson; see ``cervrt.runtime.slide_run``. Returns a SlideResult."""
+        NAME.json and, with ``geojson``, NAME.geojson; see ``cervrt.runtime.slide_run``. Returns a SlideResult.
+
+        ``progress``, ``cancel`` and ``on_rows`` as for ``predict`` (rows of the mask, at the model's
+        resolution); a failed or cancelled run removes every output it had written."""
         from cervrt.runtime.slide_run import run_slide
 
         self._require_open()
-        return run_slide(self, path, out_dir, fmt=fmt, geojson=geojson, name=name,
-                         progress=progress if progress is not None else self.progress)
+        hook = call_progress(self._progress(progress), cancel, f"the slide {path}")
+        return run_slide(self, path, out_dir, fmt=fmt, geojson=geojson, name=name, progress=hook, on_rows=on_rows)
 
     # -- the pipeline's hooks (shared by every entry point) ---------------------------------------------
 
@@ -245,8 +303,72 @@ class Predictor:
 
     def _host_labeler(self) -> HostLabeler:
         """A host labeler over ``self.infer`` (looked up per call, so a wrapped ``infer`` is honoured)."""
-        return HostLabeler(self.infer, self._backend, self.engine.patch_size, self.num_classes, self._stride,
-                           self.config.blend, self.config.batch_size)
+        return HostLabeler(self._checked_infer(), self._backend, self.engine.patch_size, self.num_classes,
+                           self._stride, self.config.blend, self.config.batch_size)
+
+    def _checked_infer(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+        """``self.infer`` whose first batch (of each call) is checked to be NCHW probabilities summing to 1."""
+        first = [True]
+
+        def infer(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            probs, gate = self.infer(batch)
+            if first[0]:
+                expected = (batch.shape[0], self.num_classes, batch.shape[2], batch.shape[3])
+                check_probabilities(probs, expected, f"the model {getattr(self.engine, 'path', '')}".rstrip())
+                first[0] = False
+            return probs, gate
+
+        return infer
+
+    def _progress(self, progress: Progress | None) -> Progress | None:
+        return progress if progress is not None else self.progress
+
+    def _labels(self, image: np.ndarray, progress: Progress | None, on_rows: OnRows | None) -> np.ndarray:
+        """uint8 labels of an image at the model's resolution."""
+        labels = np.zeros(image.shape[:2], dtype=np.uint8)
+
+        def sink(chunks: list[LabelChunk]) -> None:
+            for first, block in chunks:
+                labels[first : first + block.shape[0]] = block
+
+        timer = StageTimer()
+        rows, _ = self.plan_windows(*image.shape[:2], self._image_tissue(image, timer))
+        self.label_rows(ArraySource(image, *self.gather_args()), rows, *image.shape[:2], rows_sink(sink, on_rows),
+                        timer, progress)
+        return labels
+
+    def _probabilities(self, image: np.ndarray, progress: Progress | None) -> np.ndarray:
+        """float32 (C, H, W) probabilities of an image at the model's resolution."""
+        height, width = image.shape[:2]
+        stitcher = ProbabilityStitcher(height, width, self.num_classes, self.engine.patch_size, self.config.blend,
+                                       backend=self._backend)
+        timer = StageTimer()
+        rows, _ = self.plan_windows(height, width, self._image_tissue(image, timer))
+        self._host_labeler().label(ArraySource(image, *self.gather_args()), rows, height, width, lambda chunks: None,
+                                   timer, progress, stitcher=stitcher)
+        return stitcher.probabilities()
+
+    def _region(self, slide: Any, x: int, y: int, width: int, height: int, level: int | None, mpp: float | None,
+                progress: Progress | None, cancel: Any) -> tuple[RegionPlan, np.ndarray, Progress | None]:
+        """The region's plan, the pixels of its crop and the call's progress hook."""
+        self._require_open()
+        hook = call_progress(self._progress(progress), cancel, "predict_region")
+        with self._slide(slide) as opened:
+            plan = plan_region(opened, x, y, width, height, self.engine.patch_size, self._stride, level, mpp)
+            top, left, rows, cols = plan.crop
+            return plan, opened.read(top, left, rows, cols), hook
+
+    def _slide(self, slide: Any) -> Any:
+        """A context manager giving an open slide: ``slide`` itself (left open), or the path opened."""
+        import contextlib
+
+        if hasattr(slide, "read") and hasattr(slide, "downsample"):
+            return contextlib.nullcontext(slide)
+        from cervrt.runtime.readers import open_slide
+
+        if not isinstance(slide, (str, Path)):
+            raise InputError(f"slide must be a path or an open slide, got {type(slide).__name__}")
+        return open_slide(slide, target_mpp=self.engine.mpp, mpp=self.config.mpp)
 
     def _device_labeler(self) -> Labeler | None:
         """The device labeler, or None with the reason in ``engine.fallback`` when its kernels or GPU

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cervrt._io import ensure_writable_dir, write_json
+from cervrt.runtime.hooks import OnRows, rows_sink
 from cervrt.runtime.outputs import (
     LabelThumbnail,
     MaskWriter,
@@ -231,12 +232,12 @@ def _tissue(predictor: SlidePredictor, slide: Any, timer: StageTimer) -> tuple[A
 
 
 def _write_mask(predictor: SlidePredictor, slide: Any, rows: Rows, fmt: OutputFormat, path: Path, timer: StageTimer,
-                progress: Progress | None) -> tuple[int, _LabelSink]:
+                progress: Progress | None, on_rows: OnRows | None = None) -> tuple[int, _LabelSink]:
     source = SlideRows(slide, rows, *predictor.gather_args())
     h, w = slide.height, slide.width
     with MaskWriter(path, h, w, fmt=fmt, mpp=slide.mpp) as writer:
         sink = _LabelSink(writer, LabelThumbnail(h, w, THUMBNAIL_SIDE), predictor.num_classes)
-        run = predictor.label_rows(source, rows, h, w, sink, timer, progress)
+        run = predictor.label_rows(source, rows, h, w, rows_sink(sink, on_rows), timer, progress)
         with timer("write"):
             writer.close()
     return run, sink
@@ -254,8 +255,10 @@ def _write_pictures(predictor: SlidePredictor, slide: Any, picture: np.ndarray, 
 
 
 def run_slide(predictor: SlidePredictor, path: str | Path, out_dir: str | Path, fmt: str = "png", geojson: bool = False,
-              name: str | None = None, progress: Progress | None = None) -> SlideResult:
-    """Segment the slide at ``path`` with ``predictor`` and write its outputs into ``out_dir``."""
+              name: str | None = None, progress: Progress | None = None,
+              on_rows: OnRows | None = None) -> SlideResult:
+    """Segment the slide at ``path`` with ``predictor`` and write its outputs into ``out_dir``;
+    ``on_rows(y0, labels)`` gets each band of finished mask rows."""
     from cervrt.runtime.readers import open_slide
 
     start = time.perf_counter()
@@ -270,7 +273,7 @@ def run_slide(predictor: SlidePredictor, path: str | Path, out_dir: str | Path, 
         tissue, picture = _tissue(predictor, slide, timer)
         rows, skipped = predictor.plan_windows(slide.height, slide.width, tissue)
         with _all_or_nothing() as done:
-            run, sink = _write_mask(predictor, slide, rows, fmt_used, paths["mask"], timer, progress)
+            run, sink = _write_mask(predictor, slide, rows, fmt_used, paths["mask"], timer, progress, on_rows)
             done.append(paths["mask"])
             with timer("write"):
                 _write_pictures(predictor, slide, picture, sink.thumbnail, paths, done)
