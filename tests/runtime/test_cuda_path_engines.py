@@ -29,13 +29,12 @@ def plan(emulated, tmp_path, monkeypatch):
     except CervrtError as exc:
         pytest.skip(f"NVRTC cannot be loaded: {exc}")
 
-    def make(**kwargs):
-        gate = kwargs.pop("gate_epsilon", None)
-        trt = make_fake_trt_runtime(max_batch=4, **kwargs)
+    def make(gate_epsilon=None, io_dtype=np.float32, precision="fp32", **kwargs):
+        trt = make_fake_trt_runtime(max_batch=4, io_dtype=io_dtype, **kwargs)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        metadata = plan_metadata(gpu=GPU, max_batch=4, **kwargs)
-        if gate is not None:
-            metadata["gate_epsilon"] = gate
+        metadata = plan_metadata(gpu=GPU, max_batch=4, precision=precision, **kwargs)
+        if gate_epsilon is not None:
+            metadata["gate_epsilon"] = gate_epsilon
         return write_plan(tmp_path, metadata)
 
     return make
@@ -99,6 +98,20 @@ def test_a_gated_model_adds_no_host_wait_per_batch(plan, emulated):
             waits[gated] = emulated.host_waits - before
         np.testing.assert_array_equal(labels, _host(path, image, **SETTINGS))
     assert waits[True] == waits[False]
+
+
+def test_fp16_io_and_min_batch_plans_are_not_refused_on_cuda(plan, emulated):
+    image = _image(9)
+    fp16 = plan(io_dtype=np.float16, precision="fp16")
+    with Predictor(fp16, **SETTINGS) as gpu:  # float16 I/O: fused on the host, chosen by what the plan can do
+        assert gpu.path is FusionPath.HOST
+        assert gpu.predict(image).shape == image.shape[:2]
+    minimum = plan(min_batch=3)
+    with Predictor(minimum, **SETTINGS) as gpu:  # rows of 1 or 2 windows are padded on the device
+        assert gpu.path is FusionPath.CUDA
+        labels = gpu.predict(image[:, :40])  # 2 windows per row
+    # the host path fills batches across rows (12 windows: three full batches of 4)
+    np.testing.assert_array_equal(labels, _host(minimum, image[:, :40], **SETTINGS))
 
 
 def test_kernels_that_cannot_be_built_fall_back_to_the_host_with_the_reason(plan, emulated, tmp_path):
