@@ -98,3 +98,23 @@ def test_the_band_waits_for_its_batch_upload_itself(emulated):
     expected = BandStitcher(40, 40, 3, 16, 8, "gaussian", backend="numpy")
     want = np.concatenate([c for _, c in expected.add(ys, xs, probs, None) + expected.finish()])
     np.testing.assert_array_equal(np.concatenate([c for _, c in chunks]), want)
+
+
+def test_ptx_is_the_checked_fallback_when_nvrtc_cannot_build_a_cubin(emulated, nvrtc, monkeypatch):
+    from cervrt.runtime.gpu import kernels
+
+    real_compile = kernels.compile_program
+
+    def no_cubin(source, arch, include_dirs=()):
+        if arch.startswith("sm_"):
+            raise cuda.CudaError(f"NVRTC could not compile {source.name} for {arch}: unsupported architecture")
+        return real_compile(source, arch, include_dirs)
+
+    monkeypatch.setattr(kernels, "compile_program", no_cubin)
+    isa = nvrtc_layer.ptx_version(real_compile(kernels.KERNEL_SOURCE, "compute_75", [kernels.CSRC_DIR]))
+    need = nvrtc_layer.ptx_cuda_version(isa)
+    with _strict(emulated, need[0] * 1000 + need[1] * 10):
+        image, what = build_kernels(0)
+        assert what == "ptx compute_75" and nvrtc_layer.ptx_version(image) == isa
+    with _strict(emulated, 12000), pytest.raises(cuda.CudaError, match=r"unsupported architecture.*ISA"):
+        build_kernels(0)
