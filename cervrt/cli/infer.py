@@ -45,10 +45,16 @@ def _b(name: str) -> object:
               help="Microns per pixel of the slides (overrides the file's; needed for PNG/JPEG at another scale).")
 @click.option("--tissue-threshold", default=_p("tissue_threshold"), show_default=True, type=click.FloatRange(0, 1),
               help="Windows with less tissue than this are not run (0: run every window).")
-@click.option("--geojson", is_flag=True, help="Also write NAME.geojson (per-class polygons for QuPath).")
-@click.option("--format", "fmt", default=OutputOptions().fmt, show_default=True,
+@click.option("--geojson", is_flag=True, help="Also write NAME.geojson (one polygon per lesion, for QuPath).")
+@click.option("--geojson-simplify", type=click.FloatRange(min=0), default=None, metavar="TOL",
+              help="Simplify the GeoJSON outlines by TOL mask pixels, topology kept (big slides); implies --geojson.")
+@click.option("--geojson-gz", is_flag=True, help="Write NAME.geojson.gz (gzip); implies --geojson.")
+@click.option("--require-mpp", is_flag=True,
+              help="Refuse slides that carry no microns per pixel (else the model's is assumed, with a warning).")
+@click.option("--format", "fmt", default=(OutputOptions().fmt,), show_default=True, multiple=True,
               type=click.Choice(output_formats()),
-              help="Mask format (tiled pyramidal TIFF is used anyway for masks over 2^30 pixels).")
+              help="Mask format; repeat for several (--format tiff --format dicom-seg --format ome-zarr). Tiled "
+                   "pyramidal TIFF replaces PNG for masks over 2^30 pixels.")
 @click.option("--workers", type=int, default=_b("workers"),
               help="Run N slide workers on Ray (a local cluster started and stopped here; needs cervrt[ray]).")
 @click.option("--ray-address", default=_b("ray_address"), help="Join the Ray cluster at HOST:PORT instead.")
@@ -65,7 +71,8 @@ def _b(name: str) -> object:
 @click.option("--dry-run", is_flag=True, help="Plan every slide and estimate the time; write nothing.")
 def infer(slides: tuple[str, ...], manifest: str | None, recursive: bool, model: str, out: str, stride: int | None,
           blend: str, batch_size: int, device: str, mpp: float | None, tissue_threshold: float, geojson: bool,
-          fmt: str, workers: int | None, ray_address: str | None, gpus_per_worker: float,
+          geojson_simplify: float | None, geojson_gz: bool, require_mpp: bool, fmt: tuple[str, ...],
+          workers: int | None, ray_address: str | None, gpus_per_worker: float,
           cpus_per_worker: int | None, shard: str | None, overwrite: bool, min_area: float, progress_mode: str,
           dry_run: bool) -> None:
     """Segment whole slides: OUT/NAME.mask.png, NAME.overlay.jpg, NAME.json (and NAME.geojson) per slide,
@@ -85,7 +92,9 @@ def infer(slides: tuple[str, ...], manifest: str | None, recursive: bool, model:
                            cpus_per_worker=cpus_per_worker, shard=parse_shard(shard) if shard else None,
                            overwrite=overwrite, min_area=min_area, progress=progress_mode)
     inputs = collect_inputs(slides, recursive=recursive, manifest=manifest)
-    outputs = OutputOptions(fmt=fmt, geojson=geojson)
+    outputs = OutputOptions(fmt=fmt[0], extra_formats=tuple(dict.fromkeys(f for f in fmt[1:] if f != fmt[0])),
+                            geojson=geojson or geojson_gz or geojson_simplify is not None,
+                            geojson_simplify=geojson_simplify, geojson_gzip=geojson_gz, require_mpp=require_mpp)
     if dry_run:
         from cervrt.runtime.batch import dry_run_batch
 

@@ -35,6 +35,7 @@ import numpy as np
 from cervrt._cv import cv2
 from cervrt._io import atomic_path
 from cervrt.errors import CervrtError
+from cervrt.runtime import clinical
 
 __all__ = [
     "PNG_MAX_PIXELS",
@@ -192,6 +193,7 @@ class OutputFormat:
     max_pixels: int | None = None
     fallback: str | None = None
     layout: Callable[[Path, str], dict[str, Path]] | None = None
+    context: bool = False  # the sink also takes a clinical.SinkContext (class names, palette, slide, model)
 
     def paths(self, out_dir: Path, name: str) -> dict[str, Path]:
         """The files (or folders) the format writes for slide ``name`` in ``out_dir``; ``"mask"`` first."""
@@ -208,15 +210,16 @@ _OUTPUTS: dict[str, OutputFormat] = {}
 
 def register_output(name: str, sink: SinkFactory, *, suffix: str | None = None, max_pixels: int | None = None,
                     fallback: str | None = None,
-                    paths: Callable[[Path, str], dict[str, Path]] | None = None) -> OutputFormat:
+                    paths: Callable[[Path, str], dict[str, Path]] | None = None,
+                    context: bool = False) -> OutputFormat:
     """Make ``name`` a mask format (``--format NAME``): ``sink(path, height, width, mpp)`` writes it.
 
     ``suffix`` defaults to ``"." + name``; ``paths(out_dir, name)`` replaces the single
     ``NAME.mask.SUFFIX`` path; a mask over ``max_pixels`` is written as the ``fallback`` format.
     """
-    if not isinstance(name, str) or not name.isidentifier() or not callable(sink):
-        raise CervrtError(f"an output format needs a short name (letters, digits, _) and a sink, got {name!r}")
-    spec = OutputFormat(name, sink, f".{name}" if suffix is None else suffix, max_pixels, fallback, paths)
+    if not isinstance(name, str) or not name.replace("-", "_").isidentifier() or not callable(sink):
+        raise CervrtError(f"an output format needs a short name (letters, digits, _, -) and a sink, got {name!r}")
+    spec = OutputFormat(name, sink, f".{name}" if suffix is None else suffix, max_pixels, fallback, paths, context)
     _OUTPUTS[name] = spec
     return spec
 
@@ -252,6 +255,8 @@ class MaskFormat:
 
     PNG = register_output("png", _PngSink, max_pixels=PNG_MAX_PIXELS, fallback="tiff")
     TIFF = register_output("tiff", _TiffSink)
+    DICOM_SEG = register_output("dicom-seg", clinical.dicom_seg_sink, paths=clinical.dicom_seg_paths, context=True)
+    OME_ZARR = register_output("ome-zarr", clinical.ome_zarr_sink, paths=clinical.ome_zarr_paths, context=True)
 
 
 
@@ -264,7 +269,7 @@ class MaskWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], height: int, width: int, fmt: str | OutputFormat = "png",
-                 mpp: float | None = None) -> None:
+                 mpp: float | None = None, context: clinical.SinkContext | None = None) -> None:
         self.path = Path(path)
         self.format = _mask_format(fmt)
         if height < 1 or width < 1:
@@ -272,7 +277,10 @@ class MaskWriter:
         if not self.path.parent.is_dir():
             raise CervrtError(f"output directory {self.path.parent} does not exist")
         self.height, self.width = int(height), int(width)
-        self._sink: MaskSink | None = self.format.sink(self.path, self.height, self.width, mpp)
+        if self.format.context and context is None:
+            raise CervrtError(f"the {self.format.value} format needs the slide and model (a SinkContext)")
+        extra = (context,) if self.format.context else ()
+        self._sink: MaskSink | None = self.format.sink(self.path, self.height, self.width, mpp, *extra)
         self._next_row = 0
 
     def write(self, first_row: int, labels: np.ndarray) -> None:

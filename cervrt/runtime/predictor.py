@@ -31,7 +31,7 @@ is compiled, unexecuted on a GPU (its host logic is tested on an emulated driver
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -263,19 +263,21 @@ class Predictor:
 
     # -- whole slides --------------------------------------------------------------------------------
 
-    def predict_slide(self, path: str | Path, out_dir: str | Path, fmt: str = "png", geojson: bool = False,
-                      name: str | None = None, progress: Progress | None = None, cancel: Any = None,
-                      on_rows: OnRows | None = None) -> SlideResult:
+    def predict_slide(self, path: str | Path, out_dir: str | Path, fmt: str | Sequence[str] = "png",
+                      geojson: bool = False, name: str | None = None, progress: Progress | None = None,
+                      cancel: Any = None, on_rows: OnRows | None = None, **options: Any) -> SlideResult:
         """Stream a slide through the model into ``out_dir``: NAME.mask.png (or .tiff), NAME.overlay.jpg,
         NAME.json and, with ``geojson``, NAME.geojson; see ``cervrt.runtime.slide_run``. Returns a SlideResult.
 
         ``progress``, ``cancel`` and ``on_rows`` as for ``predict`` (rows of the mask, at the model's
-        resolution); a failed or cancelled run removes every output it had written."""
+        resolution); a failed or cancelled run removes every output it had written. ``fmt`` may name several
+        formats; ``options``: ``geojson_simplify``, ``geojson_gzip``, ``require_mpp`` (see ``run_slide``)."""
         from cervrt.runtime.slide_run import run_slide
 
         self._require_open()
         hook = call_progress(self._progress(progress), cancel, f"the slide {path}")
-        return run_slide(self, path, out_dir, fmt=fmt, geojson=geojson, name=name, progress=hook, on_rows=on_rows)
+        return run_slide(self, path, out_dir, fmt=fmt, geojson=geojson, name=name, progress=hook, on_rows=on_rows,
+                         **options)
 
     # -- the pipeline's hooks (shared by every entry point) ---------------------------------------------
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cervrt.errors import CervrtError
+from cervrt.runtime.dicom_slide import DicomSlide, is_dicom_slide
 from cervrt.runtime.slides import COMPOUND_SUFFIXES, ImageSlide, OpenSlideSlide, Slide, TiffSlide
 
 __all__ = ["SUPPORTED_SUFFIXES", "open_slide", "reader_names", "register_reader"]
@@ -51,6 +52,7 @@ _READERS: list[_Reader] = [
     _builtin("image", ImageSlide, (".png", ".jpg", ".jpeg")),
     _builtin("tiff", TiffSlide, (".tif", ".tiff", ".ome.tif", ".ome.tiff")),
     _builtin("openslide", OpenSlideSlide, (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")),
+    _Reader("dicom", is_dicom_slide, DicomSlide, (".dcm",)),  # a folder of one series, or one .dcm file
 ]
 
 #: File suffixes the built-in readers open (case-insensitive).

@@ -45,6 +45,22 @@ class OutputOptions:
 
     fmt: str = "png"
     geojson: bool = False
+    #: Mask formats written beside ``fmt`` (``dicom-seg``, ``ome-zarr``, ...), in one pass over the rows.
+    extra_formats: tuple[str, ...] = ()
+    #: GeoJSON outlines simplified by this many mask pixels (topology kept); gzip-compressed GeoJSON.
+    geojson_simplify: float | None = None
+    geojson_gzip: bool = False
+    #: Refuse slides that carry no microns per pixel instead of assuming the model's.
+    require_mpp: bool = False
+
+    def slide_options(self) -> dict[str, Any]:
+        """``predict_slide``'s keyword arguments: ``fmt`` (several when there are extra formats), ``geojson``
+        and the options that differ from their defaults."""
+        default = OutputOptions()
+        extra = {k: getattr(self, k) for k in ("geojson_simplify", "geojson_gzip", "require_mpp")
+                 if getattr(self, k) != getattr(default, k)}
+        fmt = (self.fmt, *self.extra_formats) if self.extra_formats else self.fmt
+        return {"fmt": fmt, "geojson": self.geojson, **extra}
 
 
 @dataclass(frozen=True)
@@ -110,8 +126,8 @@ def run_job(predictor: Any, job: SlideJob, outputs: OutputOptions, progress: Any
     try:
         if job.mpp is not None and job.mpp != predictor.settings.mpp:
             predictor = predictor.with_settings(mpp=job.mpp)
-        result = predictor.predict_slide(job.slide, job.out_dir, fmt=outputs.fmt, geojson=outputs.geojson,
-                                         name=job.name, progress=progress)
+        result = predictor.predict_slide(job.slide, job.out_dir, name=job.name, progress=progress,
+                                         **outputs.slide_options())
         if job.stamp is not None:
             from cervrt.runtime.record import stamp_report
 
@@ -154,6 +170,11 @@ class SlideRunner(abc.ABC):
             else:
                 summary.results.append(outcome.result)
                 echo(summary_line(outcome.result, _display_name(outcome.job, Path(out))))
+                report = outcome.result.report
+                if isinstance(report, dict) and report.get("mpp_assumed"):
+                    error(f"warning: {outcome.job.slide} carries no microns per pixel: it was taken to be at the "
+                          f"model's {report.get('mpp_used')} um/px and no area is in mm^2 (give --mpp, or "
+                          "--require-mpp to refuse such slides)")
         return summary
 
     @abc.abstractmethod

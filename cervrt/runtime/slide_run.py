@@ -8,7 +8,15 @@ had already finished are removed again, so a slide has all of its outputs or non
   (beyond what PNG readers take);
 - ``NAME.overlay.jpg``: the palette over a thumbnail of the slide, with a legend;
 - ``NAME.json``: the report (see ``slide_report``);
-- ``NAME.geojson`` with ``geojson=True``: per-class polygons in level-0 pixels (QuPath imports it).
+- ``NAME.geojson`` (``.geojson.gz`` with ``geojson_gzip``) with ``geojson=True``: one valid polygon per
+  lesion traced on the full mask along pixel edges, in level-0 pixels (QuPath imports it), streamed with
+  the mask (``cervrt.runtime.geojson``); ``geojson_simplify`` simplifies the outlines;
+- several mask formats at once with ``fmt=("tiff", "dicom-seg", ...)``: the first one's paths are the
+  ``mask`` entries, the others' ``mask.FORMAT`` (``NAME.seg/``, ``NAME.ome.zarr/`` are folders).
+
+The report gives the output paths (absolute), the level-0 and processing sizes, the mpp used and whether it
+was assumed (``mpp_assumed``: the file carries none, so the model's was taken; ``require_mpp=True``
+refuses such a slide), and the provenance: model file, sha256, arch, engine, cervrt version, settings.
 
 A slide without tissue (no window reaches the tissue threshold) is not an error: its mask is all
 background and the report says ``"no_tissue": true``.
@@ -17,6 +25,7 @@ background and the report says ``"no_tissue": true``.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,13 +35,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from cervrt._io import ensure_writable_dir, write_json
+from cervrt.errors import CervrtError
+from cervrt.runtime.clinical import SinkContext, geojson_sink, provenance
 from cervrt.runtime.hooks import OnRows, rows_sink
 from cervrt.runtime.outputs import (
     LabelThumbnail,
     MaskWriter,
     OutputFormat,
     output_format,
-    write_geojson,
     write_overlay,
 )
 from cervrt.runtime.pipeline import STAGES, Progress, Rows, StageTimer
@@ -129,15 +139,16 @@ class SlideRows:
 
 
 class _LabelSink:
-    """Label chunks -> the mask writer, the label thumbnail and the per-class pixel counts."""
+    """Label chunks -> the mask writers (and GeoJSON), the label thumbnail and the per-class pixel counts."""
 
-    def __init__(self, writer: Any, thumbnail: Any, num_classes: int) -> None:
-        self.writer, self.thumbnail = writer, thumbnail
+    def __init__(self, writers: list[Any], thumbnail: Any, num_classes: int) -> None:
+        self.writers, self.thumbnail = writers, thumbnail
         self.counts = np.zeros(num_classes, dtype=np.int64)
 
     def __call__(self, chunks: list[LabelChunk]) -> None:
         for first, labels in chunks:
-            self.writer.write(first, labels)
+            for writer in self.writers:
+                writer.write(first, labels)
             self.thumbnail.write(first, labels)
             if labels.strides[0] == 0 and labels.strides[1] == 0:  # a read-only block of background rows
                 self.counts[int(labels[0, 0])] += labels.size
@@ -161,7 +172,8 @@ def _class_table(counts: np.ndarray, class_names: Sequence[str], mpp: float | No
 
 
 def slide_report(predictor: SlidePredictor, slide: Any, name: str, counts: np.ndarray, run: int, skipped: int,
-                 timer: StageTimer, seconds: float, fmt: OutputFormat, paths: dict[str, Path]) -> dict[str, Any]:
+                 timer: StageTimer, seconds: float, fmt: OutputFormat | Sequence[OutputFormat],
+                 paths: dict[str, Path]) -> dict[str, Any]:
     """The NAME.json report: areas per class (pixels, mm^2 when the mpp is known, share of the tissue,
     i.e. of pixels labelled 1..C-1), the worst grade found, patches run and skipped, seconds per stage,
     throughput (patches/s over the patches run, Mpx/s over the slide's area at the processing
@@ -169,12 +181,16 @@ def slide_report(predictor: SlidePredictor, slide: Any, name: str, counts: np.nd
     engine, settings = predictor.engine, predictor.settings
     names = engine.class_names
     found = [k for k in range(1, len(names)) if counts[k] > 0]
+    fmts = [fmt] if isinstance(fmt, OutputFormat) else list(fmt)
+    level0 = getattr(slide, "level0_size", None) or (round(slide.width * slide.downsample),
+                                                      round(slide.height * slide.downsample))
     return {
-        "slide": str(slide.path), "name": name,
+        "slide": str(Path(slide.path).resolve()), "name": name,
         "width": slide.width, "height": slide.height, "mpp": slide.mpp, "native_mpp": slide.native_mpp,
-        "downsample": slide.downsample,
+        "downsample": slide.downsample, "level0": {"width": int(level0[0]), "height": int(level0[1])},
+        "mpp_used": slide.mpp if slide.mpp is not None else engine.mpp, "mpp_assumed": slide.native_mpp is None,
         "model": {"arch": engine.metadata.get("arch"), "patch_size": engine.patch_size, "mpp": engine.mpp,
-                  "classes": list(names)},
+                  "classes": list(names), **provenance(engine)},
         "engine": engine.kind, "provider": engine.provider, "precision": engine.precision, "device": engine.device,
         "fusion": predictor.fusion_backend,
         "fallback": getattr(engine, "fallback", None),  # why the engine or fusion is not the one asked for
@@ -189,18 +205,21 @@ def slide_report(predictor: SlidePredictor, slide: Any, name: str, counts: np.nd
         "patches_per_s": run / seconds if seconds > 0 else None,
         "mpx_per_s": slide.width * slide.height / 1e6 / seconds if seconds > 0 else None,
         "macs_per_patch": engine.metadata.get("macs_patch"),
-        "mask_format": fmt.value,
-        "outputs": {kind: str(path) for kind, path in paths.items()},
+        "mask_format": fmts[0].value, "mask_formats": [f.value for f in fmts],
+        "outputs": {kind: str(path.resolve()) for kind, path in paths.items()},
     }
 
 
 # ---- the run -----------------------------------------------------------------------------------------
 
 
-def _paths(out: Path, name: str, fmt: OutputFormat, geojson: bool) -> dict[str, Path]:
-    paths = {**fmt.paths(out, name), "overlay": out / f"{name}.overlay.jpg"}
+def _paths(out: Path, name: str, fmts: list[OutputFormat], geojson: bool, gzip: bool = False) -> dict[str, Path]:
+    paths = dict(fmts[0].paths(out, name))
+    for fmt in fmts[1:]:
+        paths |= {f"{kind}.{fmt.value}": path for kind, path in fmt.paths(out, name).items()}
+    paths["overlay"] = out / f"{name}.overlay.jpg"
     if geojson:
-        paths["geojson"] = out / f"{name}.geojson"
+        paths["geojson"] = out / f"{name}.geojson{'.gz' if gzip else ''}"
     paths["json"] = out / f"{name}.json"
     return paths
 
@@ -214,7 +233,7 @@ def _all_or_nothing() -> Iterator[list[Path]]:
     except BaseException:
         for path in done:
             with contextlib.suppress(OSError):
-                path.unlink()
+                shutil.rmtree(path) if path.is_dir() else path.unlink()  # NAME.seg/, NAME.ome.zarr/ are folders
         raise
 
 
@@ -231,15 +250,29 @@ def _tissue(predictor: SlidePredictor, slide: Any, timer: StageTimer) -> tuple[A
         return TissueMap(mask, slide.height, slide.width, threshold), thumbnail
 
 
-def _write_mask(predictor: SlidePredictor, slide: Any, rows: Rows, fmt: OutputFormat, path: Path, timer: StageTimer,
-                progress: Progress | None, on_rows: OnRows | None = None) -> tuple[int, _LabelSink]:
+def _write_mask(predictor: SlidePredictor, slide: Any, rows: Rows, fmts: list[OutputFormat], paths: dict[str, Path],
+                simplify: float | None, timer: StageTimer, progress: Progress | None,
+                done: list[Path], on_rows: OnRows | None = None) -> tuple[int, _LabelSink]:
+    """Every mask format and the GeoJSON from one pass of the rows; each finished output joins ``done``."""
     source = SlideRows(slide, rows, *predictor.gather_args())
     h, w = slide.height, slide.width
-    with MaskWriter(path, h, w, fmt=fmt, mpp=slide.mpp) as writer:
-        sink = _LabelSink(writer, LabelThumbnail(h, w, THUMBNAIL_SIDE), predictor.num_classes)
+    engine = predictor.engine
+    context = SinkContext(engine.class_names, engine.palette, slide, provenance(engine))
+    keys = ["mask"] + [f"mask.{fmt.value}" for fmt in fmts[1:]]
+    with contextlib.ExitStack() as stack:
+        writers = [(paths[key], stack.enter_context(MaskWriter(paths[key], h, w, fmt=fmt, mpp=slide.mpp,
+                                                               context=context)))
+                   for key, fmt in zip(keys, fmts, strict=True)]
+        if "geojson" in paths:
+            writers.append((paths["geojson"], stack.enter_context(geojson_sink(paths["geojson"], h, w, context,
+                                                                               simplify))))
+        sink = _LabelSink([writer for _, writer in writers], LabelThumbnail(h, w, THUMBNAIL_SIDE),
+                          predictor.num_classes)
         run = predictor.label_rows(source, rows, h, w, rows_sink(sink, on_rows), timer, progress)
         with timer("write"):
-            writer.close()
+            for path, writer in writers:
+                writer.close()
+                done.append(path)
     return run, sink
 
 
@@ -249,14 +282,12 @@ def _write_pictures(predictor: SlidePredictor, slide: Any, picture: np.ndarray, 
     labels = thumbnail.labels
     write_overlay(paths["overlay"], picture, labels, engine.palette, engine.class_names)
     done.append(paths["overlay"])
-    if "geojson" in paths:  # label pixel (i, j) is mask pixel (i, j) * step
-        write_geojson(paths["geojson"], labels, slide.downsample * thumbnail.step, engine.class_names, engine.palette)
-        done.append(paths["geojson"])
 
 
-def run_slide(predictor: SlidePredictor, path: str | Path, out_dir: str | Path, fmt: str = "png", geojson: bool = False,
-              name: str | None = None, progress: Progress | None = None,
-              on_rows: OnRows | None = None) -> SlideResult:
+def run_slide(predictor: SlidePredictor, path: str | Path, out_dir: str | Path, fmt: str | Sequence[str] = "png",
+              geojson: bool = False, name: str | None = None, progress: Progress | None = None,
+              on_rows: OnRows | None = None, *, geojson_simplify: float | None = None, geojson_gzip: bool = False,
+              require_mpp: bool = False) -> SlideResult:
     """Segment the slide at ``path`` with ``predictor`` and write its outputs into ``out_dir``;
     ``on_rows(y0, labels)`` gets each band of finished mask rows."""
     from cervrt.runtime.readers import open_slide
@@ -267,17 +298,23 @@ def run_slide(predictor: SlidePredictor, path: str | Path, out_dir: str | Path, 
     with timer("read"):  # PNG/JPEG are decoded here
         slide = open_slide(path, target_mpp=predictor.engine.mpp, mpp=predictor.settings.mpp)
     with slide:
-        fmt_used = mask_format(fmt, slide.height, slide.width)
+        if require_mpp and slide.native_mpp is None:
+            raise CervrtError(f"{path} carries no microns per pixel and require_mpp refuses to assume the model's "
+                              f"{predictor.engine.mpp}: give the slide's mpp")
+        requested = [fmt] if isinstance(fmt, str) else list(fmt)
+        if not requested:
+            raise CervrtError("no mask format asked for: give at least one (png, tiff, ...)")
+        fmts = list(dict.fromkeys(mask_format(f, slide.height, slide.width) for f in requested))
         name = name or slide.name
-        paths = _paths(out, name, fmt_used, geojson)
+        paths = _paths(out, name, fmts, geojson, geojson_gzip)
         tissue, picture = _tissue(predictor, slide, timer)
         rows, skipped = predictor.plan_windows(slide.height, slide.width, tissue)
         with _all_or_nothing() as done:
-            run, sink = _write_mask(predictor, slide, rows, fmt_used, paths["mask"], timer, progress, on_rows)
-            done.append(paths["mask"])
+            run, sink = _write_mask(predictor, slide, rows, fmts, paths, geojson_simplify, timer, progress, done,
+                                    on_rows)
             with timer("write"):
                 _write_pictures(predictor, slide, picture, sink.thumbnail, paths, done)
             seconds = time.perf_counter() - start
-            report = slide_report(predictor, slide, name, sink.counts, run, skipped, timer, seconds, fmt_used, paths)
+            report = slide_report(predictor, slide, name, sink.counts, run, skipped, timer, seconds, fmts, paths)
             write_json(paths["json"], report)
     return SlideResult(name, report, paths)

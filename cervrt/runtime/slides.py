@@ -86,8 +86,10 @@ class Slide(abc.ABC):
     """
 
     def __init__(self, path: Path, *, width: int, height: int, mpp: float | None, native_mpp: float | None,
-                 downsample: float) -> None:
+                 downsample: float, level0_size: tuple[int, int] | None = None) -> None:
         self.path = path
+        #: (width, height) of the file's full resolution, the grid of every output's coordinates.
+        self.level0_size = level0_size or (round(width * downsample), round(height * downsample))
         self.name = _stem(path)
         self.width = width
         self.height = height
@@ -136,6 +138,7 @@ class ImageSlide(Slide):
     def __init__(self, path: Path, target_mpp: float, mpp: float | None) -> None:
         image = read_rgb(path)
         height, width = image.shape[:2]
+        level0 = (width, height)
         downsample = 1.0 if mpp is None else target_mpp / mpp
         if not _nearly(downsample, 1.0):
             size = (max(1, round(width / downsample)), max(1, round(height / downsample)))
@@ -143,7 +146,7 @@ class ImageSlide(Slide):
             image = cv2.resize(image, size, interpolation=shrink)
             height, width = image.shape[:2]
         super().__init__(path, width=width, height=height, mpp=None if mpp is None else target_mpp,
-                         native_mpp=mpp, downsample=downsample)
+                         native_mpp=mpp, downsample=downsample, level0_size=level0)
         self._image: np.ndarray | None = image
 
     def _pixels(self) -> np.ndarray:
@@ -188,7 +191,8 @@ class _PyramidSlide(Slide):
             self._scale = 1.0
         w0, h0 = sizes[0]
         super().__init__(path, width=max(1, round(w0 / downsample)), height=max(1, round(h0 / downsample)),
-                         mpp=None if native is None else target_mpp, native_mpp=native, downsample=downsample)
+                         mpp=None if native is None else target_mpp, native_mpp=native, downsample=downsample,
+                         level0_size=(w0, h0))
 
     @property
     def level(self) -> int:

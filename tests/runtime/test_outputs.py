@@ -197,7 +197,8 @@ class _NpySink(MaskSink):
 
 
 def test_the_builtin_formats_and_their_paths(tmp_path):
-    assert output_formats() == ("png", "tiff")
+    assert output_formats() == ("png", "tiff", "dicom-seg", "ome-zarr")
+    assert MaskFormat.DICOM_SEG.paths(tmp_path, "s1") == {"mask": tmp_path / "s1.seg"} and MaskFormat.DICOM_SEG.context
     assert MaskFormat("png") is MaskFormat.PNG and str(MaskFormat.TIFF) == "tiff"
     assert MaskFormat.PNG.paths(tmp_path, "s1") == {"mask": tmp_path / "s1.mask.png"}
     assert output_format("png", 1, PNG_MAX_PIXELS + 1) is MaskFormat.TIFF
@@ -207,7 +208,7 @@ def test_the_builtin_formats_and_their_paths(tmp_path):
 def test_a_registered_format_declares_its_own_paths_and_is_written(tmp_path, monkeypatch):
     monkeypatch.setattr(outputs, "_OUTPUTS", dict(outputs._OUTPUTS))
     spec = register_output("npyzarr", _NpySink, paths=lambda out, name: {"mask": out / f"{name}.labels"})
-    assert output_formats() == ("png", "tiff", "npyzarr") and MaskFormat("npyzarr") is spec
+    assert output_formats() == ("png", "tiff", "dicom-seg", "ome-zarr", "npyzarr") and MaskFormat("npyzarr") is spec
     path = spec.paths(tmp_path, "s1")["mask"]
     mask = _labels(20, 30)
     with MaskWriter(path, 20, 30, fmt="npyzarr") as writer:

@@ -380,7 +380,7 @@ def test_a_registered_reader_may_claim_a_directory(tmp_path, fresh_readers):
     _png(folder / "frame.png", _rng_image(40, 50))
     register_reader("folder", lambda p: p.is_dir() and (p / "frame.png").exists(),
                     lambda p, target, mpp: ImageSlide(p / "frame.png", target, mpp))
-    assert reader_names() == ("image", "tiff", "openslide", "folder")
+    assert reader_names() == ("image", "tiff", "openslide", "dicom", "folder")
     with open_slide(folder, 0.9) as slide:
         assert (slide.width, slide.height) == (50, 40)
     with pytest.raises(CervrtError, match=r"is a directory no slide reader opens.*readers: image, tiff, openslide"):
