@@ -9,6 +9,7 @@ import click
 
 from cervrt.cli._base import default, values
 from cervrt.errors import CervrtError
+from cervrt.export.calibration import DEFAULT_CALIBRATION_PATCHES
 from cervrt.export.config import SUPPORTED_OPSETS, BatchProfile, ExportConfig, Precision
 
 __all__ = ["export_command"]
@@ -42,10 +43,11 @@ _STATE_DICT = ("encoder", "classes", "patch_size", "mpp", "mean", "std")
 @click.option("--mean", default=None, help="With --arch: RGB mean on the 0..1 scale, comma-separated [ImageNet's].")
 @click.option("--std", default=None, help="With --arch: RGB std on the 0..1 scale, comma-separated [ImageNet's].")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
-              help="ONNX file to write [the checkpoint's name with .onnx, or .fp16.onnx, beside it].")
+              help="ONNX file to write [the checkpoint's name with .onnx, .fp16.onnx or .int8.onnx, beside it].")
 @click.option("--precision", default=default(ExportConfig, "precision"), show_default=True,
               type=click.Choice(values(Precision)),
-              help="fp16: weights and activations in FP16, softmax and pooling kept in FP32.")
+              help="fp16: weights and activations in FP16, softmax and pooling kept in FP32; int8: static "
+                   "QDQ quantization calibrated on --calibration tissue, gated on 99% agreement with FP32.")
 @click.option("--fp16-io", is_flag=True, help="With --precision fp16: float16 input and outputs too.")
 @click.option("--opset", default=default(ExportConfig, "opset"), show_default=True, type=int,
               help=f"ONNX opset ({_OPSETS}).")
@@ -54,8 +56,15 @@ _STATE_DICT = ("encoder", "classes", "patch_size", "mpp", "mean", "std")
 @click.option("--batch", default=None,
               help=f"With --engine: the profile's batch sizes MIN:OPT:MAX [{_PROFILE}].")
 @click.option("--workspace", default=None, type=float, help="With --engine: TensorRT workspace limit in GB.")
+@click.option("--calibration", multiple=True, type=click.Path(),
+              help="With --precision int8: H&E images, an images/ directory or slides to calibrate on "
+                   "(--calibration PATH [PATH...]).")
+@click.option("--calibration-patches", default=None, type=int,
+              help=f"With --precision int8: tissue patches to calibrate on [{DEFAULT_CALIBRATION_PATCHES}].")
+@click.argument("more_calibration", nargs=-1, type=click.Path(), metavar="")
 def export_command(checkpoint: str, arch: str | None, output: str | None, precision: str, fp16_io: bool, opset: int,
-                   engine: str | None, batch: str | None, workspace: float | None, **state_dict: object) -> None:
+                   engine: str | None, batch: str | None, workspace: float | None, calibration: tuple[str, ...],
+                   calibration_patches: int | None, more_calibration: tuple[str, ...], **state_dict: object) -> None:
     """Export a checkpoint to a self-describing ONNX file (and optionally a TensorRT engine).
 
     The graph takes `image` float32 (N, 3, H, W), normalised with the mean/std in its metadata, and
@@ -74,6 +83,10 @@ def export_command(checkpoint: str, arch: str | None, output: str | None, precis
     if arch is not None:
         checkpoint = str(_from_state_dict(checkpoint, output, arch, given))
 
+    if more_calibration and not calibration:
+        raise CervrtError(f"unexpected argument {more_calibration[0]!r}: calibration paths follow --calibration")
     config = ExportConfig.from_options(checkpoint, output=output, precision=precision, fp16_io=fp16_io,
-                                       opset=opset, engine=engine, batch=batch, workspace=workspace)
+                                       opset=opset, engine=engine, batch=batch, workspace=workspace,
+                                       calibration=calibration + more_calibration,
+                                       calibration_patches=calibration_patches)
     export(config, echo=click.echo)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cervrt.errors import CervrtError
+from cervrt.export.calibration import DEFAULT_CALIBRATION_PATCHES
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -41,6 +42,7 @@ class Precision(str, enum.Enum):
 
     FP32 = "fp32"
     FP16 = "fp16"
+    INT8 = "int8"
 
     @classmethod
     def parse(cls, value: str | Precision) -> Precision:
@@ -106,9 +108,10 @@ class EngineConfig:
 
 
 def default_onnx_path(checkpoint: str | os.PathLike[str], precision: Precision | str = Precision.FP32) -> Path:
-    """``run/hspnet.pt`` -> ``run/hspnet.onnx`` (FP32) or ``run/hspnet.fp16.onnx`` (FP16)."""
+    """``run/hspnet.pt`` -> ``run/hspnet.onnx`` (FP32), ``run/hspnet.fp16.onnx`` (FP16) or ``run/hspnet.int8.onnx``."""
     checkpoint = Path(checkpoint)
-    suffix = ".onnx" if Precision.parse(precision) is Precision.FP32 else ".fp16.onnx"
+    precision = Precision.parse(precision)
+    suffix = ".onnx" if precision is Precision.FP32 else f".{precision.value}.onnx"
     return checkpoint.with_name(checkpoint.stem + suffix)
 
 
@@ -139,6 +142,8 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     fp32_output: Path | None = None
     engine: EngineConfig | None = None
+    calibration: tuple[Path, ...] = ()
+    calibration_patches: int = DEFAULT_CALIBRATION_PATCHES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
@@ -149,12 +154,15 @@ class ExportConfig:
         if self.fp32_output is not None:
             object.__setattr__(self, "fp32_output", Path(self.fp32_output))
             self._check_fp32_output()
+        object.__setattr__(self, "calibration", tuple(Path(p) for p in self.calibration))
         self._check_options()
+        self._check_int8()
 
     def _check_fp32_output(self) -> None:
         _check_onnx_suffix(self.fp32_output, "fp32_output")
-        if self.precision is not Precision.FP16:
-            raise CervrtError("fp32_output is only for FP16 exports (an FP32 export writes its graph to output)")
+        if self.precision is Precision.FP32:
+            raise CervrtError("fp32_output is only for FP16 and INT8 exports (an FP32 export writes its graph to "
+                              "output)")
         if self.fp32_output.resolve() == self.output.resolve():
             raise CervrtError(f"fp32_output and output are the same file: {self.output}")
 
@@ -169,10 +177,28 @@ class ExportConfig:
         if self.engine is not None and not isinstance(self.engine, EngineConfig):
             raise CervrtError(f"engine must be an EngineConfig, got {self.engine!r}")
 
+    def _check_int8(self) -> None:
+        """INT8: calibration images, a positive patch count, no TensorRT plan (see cervrt.export.int8)."""
+        count = self.calibration_patches
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise CervrtError(f"--calibration-patches must be a positive number of patches, got {count!r}")
+        if self.precision is not Precision.INT8:
+            if self.calibration:
+                raise CervrtError("--calibration is for --precision int8 (FP32 and FP16 exports need no calibration)")
+            return
+        if self.engine is not None:
+            raise CervrtError("TensorRT INT8 is not part of cervrt: --precision int8 writes an ONNX file for the CPU "
+                              "backends; build the .plan from an fp32 or fp16 export")
+        if not self.calibration:
+            raise CervrtError("--precision int8 needs calibration images: pass --calibration PATH [PATH...] with H&E "
+                              "images, a dataset's images/ directory or slides (cervrt never calibrates a model on "
+                              "synthetic tissue)")
+
     @classmethod
     def from_options(cls, checkpoint: str, *, output: str | None = None, precision: str = "fp32",
                      fp16_io: bool = False, opset: int = DEFAULT_OPSET, engine: str | None = None,
-                     batch: str | None = None, workspace: float | None = None) -> ExportConfig:
+                     batch: str | None = None, workspace: float | None = None,
+                     calibration: tuple[str, ...] = (), calibration_patches: int | None = None) -> ExportConfig:
         """Build the config from command-line style values (``batch`` as ``"MIN:OPT:MAX"`` text)."""
         if engine is None and (batch is not None or workspace is not None):
             raise CervrtError("--batch and --workspace configure the TensorRT engine: add --engine PATH.plan")
@@ -180,8 +206,10 @@ class ExportConfig:
         if engine is not None:
             profile = BatchProfile.parse(batch) if batch is not None else BatchProfile()
             engine_config = EngineConfig(Path(engine), profile, workspace)
+        patches = DEFAULT_CALIBRATION_PATCHES if calibration_patches is None else calibration_patches
         return cls(Path(checkpoint), None if output is None else Path(output), Precision.parse(precision),
-                   fp16_io=fp16_io, opset=opset, engine=engine_config)
+                   fp16_io=fp16_io, opset=opset, engine=engine_config, calibration=tuple(map(Path, calibration)),
+                   calibration_patches=patches)
 
     @property
     def destinations(self) -> tuple[Path, ...]:

@@ -217,6 +217,27 @@ class _Run:
         self._record("fp16", self.config.output, _save_checked(proto, self.config.output, self._verify_fp16))
         self.clock.lap("parity", since)
 
+    def draw_calibration(self) -> None:
+        from cervrt.export.calibration import draw_calibration
+
+        since = time.perf_counter()
+        self.calibration = draw_calibration(self.config.calibration, self.ckpt["patch_size"], self.ckpt.get("mpp"),
+                                            self.config.calibration_patches)
+        self.clock.lap("calibration", since)
+
+    def write_int8(self) -> None:
+        from cervrt.export.int8 import build_int8
+
+        since = time.perf_counter()
+        proto, self.metadata[Precision.INT8], result = build_int8(self.protos[Precision.FP32],
+                                                                  self.metadata[Precision.FP32], self.calibration,
+                                                                  self.echo)
+        self.protos[Precision.INT8] = proto
+        self.checks.extend(result.checks)
+        since = self.clock.lap("int8", since)
+        self._record("int8", self.config.output, _save_checked(proto, self.config.output, result.verify))
+        self.clock.lap("parity", since)
+
     def build_engine(self, env: Any) -> None:
         from cervrt.export.onnx_export import INPUT_NAME
         from cervrt.export.tensorrt_build import build_engine, build_recipe
@@ -286,10 +307,14 @@ def export(config: ExportConfig, echo: Echo | None = None) -> ExportResult:
         env = require_tensorrt()
     run = _Run(config, echo or (lambda _message: None))
     run.load()
+    if config.precision is Precision.INT8:
+        run.draw_calibration()  # bad calibration input fails here, before the trace
     run.export_fp32()
     run.write_fp32()
     if config.precision is Precision.FP16:
         run.write_fp16()
+    if config.precision is Precision.INT8:
+        run.write_int8()
     if env is not None:
         run.build_engine(env)
     return run.result()

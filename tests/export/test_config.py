@@ -66,7 +66,7 @@ def test_from_options_builds_the_engine_config():
         ({"engine": "model.engine"}, "must end in .plan"),
         ({"engine": "m.plan", "workspace": 0.0}, "--workspace must be a positive number"),
         ({"engine": "m.plan", "batch": "a:b:c"}, "--batch must be MIN:OPT:MAX"),
-        ({"precision": "int8"}, "unknown precision 'int8': choose one of fp32, fp16"),
+        ({"precision": "int4"}, "unknown precision 'int4': choose one of fp32, fp16, int8"),
     ],
 )
 def test_bad_options_are_one_clear_sentence(kwargs, fragment):

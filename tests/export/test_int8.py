@@ -3,6 +3,9 @@ in float, and one-line refusals for every bad calibration input."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -228,3 +231,80 @@ def test_build_int8_records_what_stayed_in_float_and_how_it_was_calibrated(monke
     assert entry["tries"][0]["agreement"] == result.checks[0].agreement
     check = result.verify(ort.InferenceSession(str(tmp_path / "m.int8.onnx"), providers=["CPUExecutionProvider"]))
     assert check.agreement == result.checks[0].agreement  # the written file computes what was checked
+
+
+# --- cervrt export --precision int8 ---------------------------------------------------------------
+
+
+def _cervrt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cervrt", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def calibration_dir(tmp_path_factory):
+    """A dataset's images/ with seven synthetic tissue regions (84 tissue windows of 64 px)."""
+    root = tmp_path_factory.mktemp("calibration")
+    (root / "images").mkdir()
+    for seed in (0, 2, 3, 4, 5, 6, 7):
+        write_png(root / "images" / f"r{seed}.png", _tissue(seed))
+    return root
+
+
+@pytest.mark.parametrize("arch", ["hspnet", "ensemble_a"])  # deeplabv3plus, wsss_seg: see the report
+def test_export_int8_writes_one_self_describing_file(arch, tmp_path, calibration_dir, monkeypatch):
+    from cervrt.artifact import read_metadata
+    from cervrt.engines import open_engine
+    from cervrt.export import ExportConfig, export, int8
+    from tests.support.tiny_models import save_tiny_checkpoint
+
+    monkeypatch.setattr(int8, "INT8_AGREEMENT", 0.0)  # untrained tiny networks: the gate is tested on its own
+    checkpoint = save_tiny_checkpoint(tmp_path / f"{arch}.pt", arch=arch)
+    lines = []
+    result = export(ExportConfig(checkpoint, precision="int8", calibration=(calibration_dir,), calibration_patches=8),
+                    echo=lines.append)
+    target = tmp_path / f"{arch}.int8.onnx"
+    assert result.onnx == target and sorted(p.name for p in tmp_path.iterdir()) == [target.name, checkpoint.name]
+    assert any(line.startswith("parity int8 onnx (minmax, 8 patches, float: tail, head)") for line in lines)
+    meta = read_metadata(target)
+    assert meta["precision"] == "int8" and meta["int8"]["calibration_patches"] == 8
+    assert meta["int8"]["holdout_patches"] == 64 and "Softmax" in meta["fp32_ops"]
+    with open_engine(target, "cpu") as engine:
+        out = engine.run(np.zeros((1, 3, 64, 64), np.float32))
+    assert out.probs.shape == (1, 5, 64, 64) and np.allclose(out.probs.sum(1), 1, atol=1e-3)
+    assert (out.class_probs is not None) == (arch in ("ensemble_a", "wsss_seg"))
+
+
+@pytest.mark.parametrize("case", ["no_calibration", "zero_patches", "plan_engine", "glass", "unreadable",
+                                  "calibration_without_int8"])
+def test_cervrt_export_int8_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tiny_checkpoint):
+    images = tmp_path / "images"
+    images.mkdir()
+    name, pixels = ("glass.png", _glass()) if case == "glass" else ("a.png", _tissue(0))
+    write_png(images / name, pixels)
+    if case == "unreadable":
+        (images / "b.png").write_bytes(np.random.default_rng(0).bytes(4000))
+    out = tmp_path / "m.int8.onnx"
+    args = {"no_calibration": [], "zero_patches": ["--calibration", str(images), "--calibration-patches", "0"],
+            "plan_engine": ["--calibration", str(images), "--engine", str(tmp_path / "m.plan")],
+            "glass": ["--calibration", str(images)], "unreadable": ["--calibration", str(images)],
+            "calibration_without_int8": ["--calibration", str(images)]}[case]
+    precision = "fp32" if case == "calibration_without_int8" else "int8"
+    result = _cervrt("export", str(tiny_checkpoint), "-o", str(out), "--precision", precision, *args)
+    expected = {"no_calibration": "pass --calibration PATH", "zero_patches": "positive number of patches",
+                "plan_engine": "TensorRT INT8 is not part of cervrt", "glass": "no tissue found",
+                "unreadable": "b.png", "calibration_without_int8": "--calibration is for --precision int8"}[case]
+    assert result.returncode == 1, result.stderr
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not (tmp_path / "m.plan").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_cervrt_export_takes_several_calibration_paths_after_one_flag(tmp_path, calibration_dir, tiny_checkpoint):
+    from cervrt.export.config import ExportConfig
+
+    config = ExportConfig.from_options(str(tiny_checkpoint), precision="int8",
+                                       calibration=(str(calibration_dir), str(tmp_path)))
+    assert config.calibration == (calibration_dir, tmp_path) and config.output.name == "hspnet.int8.onnx"
+    result = _cervrt("export", str(tiny_checkpoint), "-o", str(tmp_path / "x.onnx"), "stray.png")
+    assert result.returncode == 1 and "calibration paths follow --calibration" in result.stderr
