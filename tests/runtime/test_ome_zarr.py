@@ -11,10 +11,10 @@ from cervrt.constants import CLASS_NAMES, PALETTE
 from cervrt.errors import CervrtError
 
 pytest.importorskip("ome_zarr")
-from ome_zarr.io import parse_url  # noqa: E402
-from ome_zarr.reader import Label, Reader  # noqa: E402
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Label, Reader
 
-from cervrt.runtime.ome_zarr import LABEL_NAME, OmeZarrWriter  # noqa: E402
+from cervrt.runtime.ome_zarr import LABEL_NAME, OmeZarrWriter
 
 
 def read_label_image(path) -> tuple[list[np.ndarray], dict]:
