@@ -1,7 +1,11 @@
 """TIFF details of the slide reader: resolution from the file's metadata, truncation check, level readers.
 
-A level is read through tifffile's zarr store (only the tiles or strips a read touches are decoded),
-except an uncompressed, contiguous, chunky page: tifffile would decode a whole strip per read, and
+A tiled level of one chunky page (the usual whole-slide TIFF) is read by ``TiledLevel``: each tile a
+read touches is decoded once and kept in a bounded LRU cache of decoded tiles (by default three tile
+rows of the level), so the overlapping bands of a sliding window decode every tile once, and a tile
+that fails to decode is named by its position. Other levels are read through tifffile's zarr store
+(only the tiles or strips a read touches are decoded), except an uncompressed, contiguous, chunky
+page: tifffile would decode a whole strip per read, and
 such files often hold the whole image in one strip, so their rows are read straight from the file.
 A compressed level stored in chunks of more than :data:`MAX_CHUNK_BYTES` (e.g. a whole image in one
 deflate strip) is refused with the advice to save it tiled: every read would decode all of it.
@@ -9,6 +13,8 @@ deflate strip) is refused with the advice to save it tiled: every read would dec
 
 from __future__ import annotations
 
+import collections
+import math
 import os
 import re
 import threading
@@ -20,10 +26,13 @@ import numpy as np
 
 from cervrt.errors import CervrtError
 
-__all__ = ["MAX_CHUNK_BYTES", "check_complete", "level_reader", "tiff_mpp"]
+__all__ = ["CACHE_TILE_ROWS", "MAX_CHUNK_BYTES", "TiledLevel", "check_complete", "level_reader", "tiff_mpp"]
 
 #: Largest decoded tile or strip read through zarr.
 MAX_CHUNK_BYTES = 256 << 20
+#: Tile rows of a level the decoded-tile cache holds (a band of patch + stride rows spans at most
+#: ceil((patch + stride) / tile) + 1 tile rows, and reads move down, so the rows above are done with).
+CACHE_TILE_ROWS = 3
 
 
 def _ome_mpp(xml: str) -> float | None:
@@ -93,6 +102,102 @@ class RawLevel:
         self._file.close()
 
 
+class TiledLevel:
+    """A tiled, chunky, single-page TIFF level read tile by tile; decoded tiles kept in an LRU cache of at
+    most ``cache_bytes`` (thread-safe: file reads are serialised, decoding is not)."""
+
+    def __init__(self, page: Any, path: Path, level: int, cache_bytes: int | None = None) -> None:
+        samples = int(page.samplesperpixel)
+        self.shape: tuple[int, ...] = (int(page.imagelength), int(page.imagewidth),
+                                       *((samples,) if samples > 1 else ()))
+        self.dtype = np.dtype(page.dtype)
+        self._page, self._path, self._level = page, path, level
+        self._th, self._tw = int(page.tilelength), int(page.tilewidth)
+        self._cols = math.ceil(self.shape[1] / self._tw)
+        tile_bytes = self._th * self._tw * samples * self.dtype.itemsize
+        self.cache_bytes = cache_bytes if cache_bytes is not None else CACHE_TILE_ROWS * self._cols * tile_bytes
+        self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._cached = 0
+        self._cache_lock = threading.Lock()
+        self._file = open(path, "rb")
+        self._file_lock = threading.Lock()
+        self.decoded = 0  #: tiles decoded so far (each once while the cache holds it)
+
+    def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = index
+        y0, y1, x0, x1 = rows.start, rows.stop, cols.start, cols.stop
+        th, tw = self._th, self._tw
+        out = np.empty((y1 - y0, x1 - x0, *self.shape[2:]), self.dtype)
+        for r in range(y0 // th, (y1 - 1) // th + 1):
+            for c in range(x0 // tw, (x1 - 1) // tw + 1):
+                tile = self._tile(r, c)
+                a0, a1, b0, b1 = max(y0, r * th), min(y1, (r + 1) * th), max(x0, c * tw), min(x1, (c + 1) * tw)
+                out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = tile[a0 - r * th : a1 - r * th, b0 - c * tw : b1 - c * tw]
+        return out
+
+    def _tile(self, r: int, c: int) -> np.ndarray:
+        key = r * self._cols + c
+        with self._cache_lock:
+            tile = self._cache.get(key)
+            if tile is not None:
+                self._cache.move_to_end(key)
+                return tile
+        tile = self.decode_tile(r, c)
+        with self._cache_lock:
+            if key not in self._cache:
+                self._cache[key] = tile
+                self._cached += tile.nbytes
+            while self._cached > self.cache_bytes and len(self._cache) > 1:
+                self._cached -= self._cache.popitem(last=False)[1].nbytes
+        return tile
+
+    def decode_tile(self, r: int, c: int) -> np.ndarray:
+        """The tile at tile row ``r``, column ``c``, decoded from the file (not cached); a CervrtError naming
+        its position when it does not decode."""
+        index, page = r * self._cols + c, self._page
+        offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
+        shape = (self._th, self._tw, *self.shape[2:])
+        if count == 0:  # a sparse tile: never written, tifffile reads it as zeros
+            return np.zeros(shape, self.dtype)
+        with self._file_lock:
+            self._file.seek(offset)
+            data = self._file.read(count)
+        try:
+            if len(data) != count:
+                raise ValueError(f"{count - len(data)} bytes missing")
+            segment = page.decode(data, index, jpegtables=page.jpegtables, jpegheader=page.jpegheader)[0]
+            tile = np.asarray(segment).reshape(shape)
+        except Exception as exc:
+            what = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise CervrtError(f"cannot decode {self._path}: the tile at level {self._level} tile row {r}, column {c} "
+                              f"(pixels y {r * self._th}-{(r + 1) * self._th - 1}, x {c * self._tw}-"
+                              f"{(c + 1) * self._tw - 1}) is corrupt ({what})") from exc
+        self.decoded += 1
+        return tile
+
+    def close(self) -> None:
+        self._file.close()
+        with self._cache_lock:
+            self._cache.clear()
+            self._cached = 0
+
+
+def _tiled_level(series: Any, level: int, path: Path) -> TiledLevel | None:
+    """A TiledLevel for a single tiled chunky page whose series shape is (Y, X[, S]), else None."""
+    pages = series.levels[level].pages
+    if len(pages) != 1:
+        return None
+    page = series.levels[level].keyframe
+    chunky = page.samplesperpixel == 1 or page.planarconfig == 1
+    if not (page.is_tiled and chunky and getattr(page, "tiledepth", 1) == 1):
+        return None
+    reader = TiledLevel(page, path, level)
+    if tuple(series.levels[level].shape) != reader.shape:
+        reader.close()
+        return None
+    return reader
+
+
 def _raw_level(tif: Any, page: Any, path: Path) -> RawLevel | None:
     """A RawLevel for an uncompressed contiguous chunky page of 8/16-bit samples, else None."""
     plain = page.compression == 1 and page.predictor == 1 and page.fillorder == 1 and not page.is_tiled
@@ -111,6 +216,8 @@ def level_reader(tif: Any, series: Any, level: int, path: Path) -> Any:
     page = series.levels[level].keyframe
     if len(series.levels[level].pages) == 1 and (raw := _raw_level(tif, page, path)) is not None:
         return raw
+    if (tiled := _tiled_level(series, level, path)) is not None:
+        return tiled
     chunk = int(np.prod(page.chunks)) * np.dtype(page.dtype).itemsize
     if chunk > MAX_CHUNK_BYTES:
         raise CervrtError(f"{path} stores its image in {chunk / 2**20:.0f} MB compressed strips that every read "

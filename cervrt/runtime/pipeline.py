@@ -19,6 +19,15 @@ A ``Labeler`` puts the three together for one image; ``HostLabeler`` (C or numpy
 the device labeler is ``cervrt.runtime.cuda_path.DeviceLabeler``. Stages are timed per ``STAGES``
 name with one ``StageTimer`` per call, and ``progress(done, total)`` is called before the first batch
 and after every batch.
+
+Overlap (``run_windows(..., overlap=True)``, the host labeler's default): the loader and the engine
+each run on a thread of their own, the stitcher on the calling thread and the sink on a writer
+thread, joined by bounded queues of ``depth`` items (``Lanes``), so memory stays bounded by a few
+batches and label bands. ``progress`` (and the cancellation it checks) runs on the calling thread
+after every fused batch; the sink runs on the writer thread, in order. The first error of any
+thread, or a KeyboardInterrupt of the calling thread, stops every thread (each waits on a queue for
+at most ``POLL`` seconds between looks at the stop flag) and is raised once they are joined, so no
+thread outlives the call and the caller's writers can discard what they hold.
 """
 
 from __future__ import annotations
@@ -34,13 +43,14 @@ import numpy as np
 
 from cervrt.errors import InputError, ModelError
 from cervrt.runtime.fusion import FusionBackend
+from cervrt.runtime.lanes import POLL, Lanes
 from cervrt.runtime.stitcher import BandStitcher, LabelChunk
 from cervrt.runtime.tiling import BlendMode, window_starts
 
 __all__ = [
-    "STAGES", "ArraySource", "Batch", "EngineStage", "HostLabeler", "Infer", "Labeler", "Loader", "PatchSource",
-    "Progress", "Rows", "Segments", "Sink", "StageTimer", "Stitcher", "batches", "check_image", "gate_factors",
-    "host_batches", "plan_rows", "row_batches", "run_windows",
+    "POLL", "STAGES", "ArraySource", "Batch", "EngineStage", "HostLabeler", "Infer", "Labeler", "Lanes", "Loader",
+    "PatchSource", "Progress", "Rows", "Segments", "Sink", "StageTimer", "Stitcher", "batches", "check_image",
+    "gate_factors", "host_batches", "plan_rows", "row_batches", "run_windows",
 ]
 
 #: The timed stages, in pipeline order.
@@ -60,6 +70,7 @@ class StageTimer:
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(STAGES, 0.0)
+        self._lock = threading.Lock()  # stages may be timed on several threads at once
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -67,7 +78,9 @@ class StageTimer:
         try:
             yield
         finally:
-            self.seconds[stage] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self.seconds[stage] += elapsed
 
 
 # ---- the plan ---------------------------------------------------------------------------------------
@@ -183,8 +196,15 @@ class Labeler(Protocol):
 
 
 def run_windows(work: Iterable[Batch], loader: Loader, infer: Infer, stitcher: Stitcher, sink: Sink,
-                timer: StageTimer, progress: Progress | None, total: int) -> int:
-    """Load, infer and stitch every batch in ``work``, sink the finished rows, then finish; returns patches run."""
+                timer: StageTimer, progress: Progress | None, total: int, *, overlap: bool = False,
+                depth: int = 2) -> int:
+    """Load, infer and stitch every batch in ``work``, sink the finished rows, then finish; returns patches run.
+
+    ``overlap``: loader, engine and sink on threads of their own, ``depth`` items per queue (see the
+    module docstring); the loader must then not reuse a buffer before ``depth + 2`` later loads.
+    """
+    if overlap:
+        return _run_overlapped(work, loader, infer, stitcher, sink, timer, progress, total, depth)
     done = 0
     if progress is not None:
         progress(0, total)
@@ -203,6 +223,46 @@ def run_windows(work: Iterable[Batch], loader: Loader, infer: Infer, stitcher: S
         chunks = stitcher.finish()
     with timer("write"):
         sink(chunks)
+    return done
+
+
+def _timed_sink(sink: Sink, timer: StageTimer) -> Sink:
+    def timed(chunks: list[LabelChunk]) -> None:
+        with timer("write"):
+            sink(chunks)
+
+    return timed
+
+
+def _run_overlapped(work: Iterable[Batch], loader: Loader, infer: Infer, stitcher: Stitcher, sink: Sink,
+                    timer: StageTimer, progress: Progress | None, total: int, depth: int) -> int:
+    def load() -> Iterator[tuple[Batch, Any]]:
+        for batch in work:
+            yield batch, loader.load(batch, timer)
+
+    def run(loaded: Iterator[tuple[Batch, Any]]) -> Iterator[tuple[Batch, Any, np.ndarray | None]]:
+        for batch, inputs in loaded:
+            with timer("engine"):
+                probs, gate = infer(inputs)
+            yield batch, probs, gate
+
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    with Lanes() as lanes:
+        inferred = lanes.background(run(lanes.background(load(), depth, "cervrt-load")), depth, "cervrt-engine")
+        put, finish = lanes.writer(_timed_sink(sink, timer), depth)
+        for batch, probs, gate in inferred:
+            with timer("fuse"):
+                chunks = stitcher.add(batch.ys, batch.xs, probs, gate)
+            if chunks:
+                put(chunks)
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+        with timer("fuse"):
+            put(stitcher.finish())
+        finish()
     return done
 
 
@@ -298,26 +358,31 @@ class ArraySource:
 
 
 class _BufferLoader:
-    """Gathers each batch into one reused float32 (batch_size, 3, P, P) buffer."""
+    """Gathers each batch into the next of ``ring`` reused float32 (batch_size, 3, P, P) buffers."""
 
-    def __init__(self, source: PatchSource, batch_size: int, patch: int) -> None:
+    def __init__(self, source: PatchSource, batch_size: int, patch: int, ring: int = 1) -> None:
         self._source = source
-        self._buffer = np.empty((batch_size, 3, patch, patch), dtype=np.float32)
+        self._buffers = [np.empty((batch_size, 3, patch, patch), dtype=np.float32) for _ in range(ring)]
+        self._next = 0
 
     def load(self, batch: Batch, timer: StageTimer) -> np.ndarray:
-        self._source.gather(batch.segments, self._buffer, timer)
-        return self._buffer[: len(batch)]
+        buffer = self._buffers[self._next]
+        self._next = (self._next + 1) % len(self._buffers)
+        self._source.gather(batch.segments, buffer, timer)
+        return buffer[: len(batch)]
 
 
 class HostLabeler:
     """Patches gathered on the host, ``infer`` run on each batch, fused by the C extension or numpy
-    (``BandStitcher``), or by any stitcher passed to ``label``."""
+    (``BandStitcher``), or by any stitcher passed to ``label``. With ``overlap`` (the default) loading,
+    the engine, fusion and the sink run at once on their own threads (``run_windows``)."""
 
     def __init__(self, infer: Infer, backend: FusionBackend, patch: int, num_classes: int, stride: int,
-                 blend: BlendMode, batch_size: int) -> None:
+                 blend: BlendMode, batch_size: int, *, overlap: bool = True, depth: int = 2) -> None:
         self.infer, self.backend = infer, backend
         self.patch, self.num_classes, self.stride, self.blend, self.batch_size = (
             patch, num_classes, stride, blend, batch_size)
+        self.overlap, self.depth = overlap, depth
         self.name = backend.name
 
     def stitcher(self, height: int, width: int) -> BandStitcher:
@@ -327,7 +392,9 @@ class HostLabeler:
     def label(self, source: PatchSource, rows: Rows, height: int, width: int, sink: Sink, timer: StageTimer,
               progress: Progress | None, stitcher: Stitcher | None = None) -> int:
         total = sum(xs.size for _, xs in rows)
-        loader = _BufferLoader(source, min(self.batch_size, max(total, 1)), self.patch)
+        overlap = self.overlap and total > self.batch_size  # one batch has nothing to overlap with
+        loader = _BufferLoader(source, min(self.batch_size, max(total, 1)), self.patch,
+                               ring=self.depth + 2 if overlap else 1)
         stitcher = self.stitcher(height, width) if stitcher is None else stitcher
         return run_windows(host_batches(rows, self.batch_size), loader, self.infer, stitcher, sink, timer,
-                           progress, total)
+                           progress, total, overlap=overlap, depth=self.depth)

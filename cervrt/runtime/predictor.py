@@ -282,9 +282,10 @@ class Predictor:
     # -- the pipeline's hooks (shared by every entry point) ---------------------------------------------
 
     def label_rows(self, source: PatchSource, rows: Rows, height: int, width: int, sink: Sink, timer: StageTimer,
-                   progress: Progress | None) -> int:
-        """Run the planned windows of one image and hand its label chunks to ``sink``; returns patches run."""
-        labeler = self._device if self._device is not None else self._host_labeler()
+                   progress: Progress | None, *, overlap: bool = True) -> int:
+        """Run the planned windows of one image and hand its label chunks to ``sink``; returns patches run.
+        ``overlap``: the host stages on threads of their own (``run_windows``), else one after another."""
+        labeler = self._device if self._device is not None else self._host_labeler(overlap)
         return labeler.label(source, rows, height, width, sink, timer, progress)
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -303,10 +304,10 @@ class Predictor:
 
     # -- composition ---------------------------------------------------------------------------------
 
-    def _host_labeler(self) -> HostLabeler:
+    def _host_labeler(self, overlap: bool = True) -> HostLabeler:
         """A host labeler over ``self.infer`` (looked up per call, so a wrapped ``infer`` is honoured)."""
         return HostLabeler(self._checked_infer(), self._backend, self.engine.patch_size, self.num_classes,
-                           self._stride, self.config.blend, self.config.batch_size)
+                           self._stride, self.config.blend, self.config.batch_size, overlap=overlap)
 
     def _checked_infer(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
         """``self.infer`` whose first batch (of each call) is checked to be NCHW probabilities summing to 1."""

@@ -24,6 +24,7 @@ background and the report says ``"no_tissue": true``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import shutil
 import time
@@ -38,6 +39,7 @@ from cervrt._io import ensure_writable_dir, write_json
 from cervrt.errors import CervrtError
 from cervrt.runtime.clinical import SinkContext, geojson_sink, provenance
 from cervrt.runtime.hooks import OnRows, rows_sink
+from cervrt.runtime.lanes import Lanes
 from cervrt.runtime.outputs import (
     LabelThumbnail,
     MaskWriter,
@@ -67,7 +69,7 @@ class SlidePredictor(Protocol):
     def plan_windows(self, height: int, width: int, tissue: Any) -> tuple[Rows, int]: ...
 
     def label_rows(self, source: Any, rows: Rows, height: int, width: int, sink: Callable[[list[LabelChunk]], None],
-                   timer: StageTimer, progress: Progress | None) -> int: ...
+                   timer: StageTimer, progress: Progress | None, *, overlap: bool = True) -> int: ...
 
 
 def mask_format(requested: str | OutputFormat, height: int, width: int) -> OutputFormat:
@@ -91,20 +93,42 @@ class SlideResult:
 class SlideRows:
     """Patches of a slide read a band at a time: the ``patch`` rows of one window row, over the span of
     that row's windows. Consecutive window rows over the same span reuse the rows they share, so each
-    slide row is read once; memory is ``patch`` x span x 3 bytes."""
+    slide row is read once, and rows no window covers are not read; memory is ``patch`` x span x 3
+    bytes per band. With ``prefetch`` the bands are built in plan order on a thread of their own, one
+    band ahead of the patches gathered, their fresh rows read by ``readers`` threads at once (the same
+    reads as without prefetch, so the same pixels); ``close()`` (or ``with``) stops them.
+    A read error (a corrupt tile) is raised by the ``gather`` or ``rows`` that needs the band."""
 
     def __init__(self, slide: Any, rows: Rows, gather: Callable[..., None], patch: int, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+                 std: Sequence[float], *, prefetch: bool = False, readers: int = 2) -> None:
         self._slide, self._gather, self._patch, self._mean, self._std = slide, gather, patch, mean, std
+        self._order = [y for y, _ in rows]
         self._spans = {y: (int(xs[0]), int(xs[-1]) + patch) for y, xs in rows}
-        self._band: tuple[int, int, int, np.ndarray] | None = None  # y0, x0, x1, rows
+        self._band: np.ndarray | None = None  # the last band built (the band stream's)
+        self._prefetch, self._readers = prefetch, max(1, readers)
+        self._lanes: Lanes | None = None
+        self._bands: Iterator[tuple[int, np.ndarray, int]] | None = None
+        self._current: tuple[int, np.ndarray, int] | None = None
+        self._timer = StageTimer()
         self.rows_read = 0
 
+    def __enter__(self) -> SlideRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the prefetch thread (it finishes the read in hand) and drop the bands."""
+        if self._lanes is not None:
+            self._lanes.close()
+        self._lanes = self._bands = self._current = self._band = None
+
     def gather(self, segments: list[tuple[int, np.ndarray]], out: np.ndarray, timer: StageTimer) -> None:
+        self._timer = timer  # the reads are timed where they run (the prefetch thread, or here)
         k = 0
         for y, xs in segments:
-            with timer("read"):
-                band, x0 = self.rows(y)
+            band, x0 = self.rows(y)
             with timer("preprocess"):
                 self._gather(band, np.zeros(xs.size, dtype=np.int64), xs - x0, self._patch, self._mean, self._std,
                              out[k : k + xs.size])
@@ -116,26 +140,72 @@ class SlideRows:
         return band, y, x0
 
     def rows(self, y: int) -> tuple[np.ndarray, int]:
-        """uint8 (patch, span, 3) rows y .. y + patch over window row y's span, and the span's first column."""
+        """uint8 (patch, span, 3) rows y .. y + patch over window row y's span, and the span's first column.
+
+        Window rows asked for in plan order come from the band stream (prefetched or not); any other is
+        read on its own."""
         x0, x1 = self._spans[y]
-        p = self._patch
-        if self._band is not None:
-            by, bx0, bx1, band = self._band
-            if (bx0, bx1) == (x0, x1) and by <= y < by + p:
-                if by == y:
-                    return band, x0
-                keep = by + p - y
-                fresh = np.empty_like(band)
-                fresh[:keep] = band[y - by :]
-                fresh[keep:] = self._read(by + p, x0, p - keep, x1 - x0)
-                self._band = (y, x0, x1, fresh)
-                return fresh, x0
-        self._band = (y, x0, x1, np.ascontiguousarray(self._read(y, x0, p, x1 - x0)))
-        return self._band[3], x0
+        current = self._current
+        if current is None or current[0] < y:
+            if self._bands is None:
+                self._bands = self._stream()
+            for current in self._bands:
+                if current[0] >= y:
+                    break
+            self._current = current
+        if current is not None and current[0] == y:
+            return current[1], current[2]
+        self.rows_read += self._patch
+        return np.ascontiguousarray(self._read(y, x0, self._patch, x1 - x0)), x0
+
+    def _requests(self) -> Iterator[tuple[int, int, tuple[int, int, int, int]]]:
+        """Per window row in plan order: (y, rows kept from the previous band, the read of the rest)."""
+        p, previous = self._patch, None
+        for y in self._order:
+            x0, x1 = self._spans[y]
+            if previous is not None and previous[1] == (x0, x1) and previous[0] < y < previous[0] + p:
+                keep = previous[0] + p - y
+                yield y, keep, (previous[0] + p, x0, p - keep, x1 - x0)
+            else:
+                yield y, 0, (y, x0, p, x1 - x0)
+            previous = (y, (x0, x1))
+
+    def _stream(self) -> Iterator[tuple[int, np.ndarray, int]]:
+        if not self._prefetch:
+            return (self._band_of(y, keep, self._read(*read)) for y, keep, read in self._requests())
+        self._lanes = Lanes()
+        return self._lanes.background(self._prefetched(self._lanes.pool(self._readers, "cervrt-read")), 1,
+                                      "cervrt-bands")
+
+    def _prefetched(self, pool: Any) -> Iterator[tuple[int, np.ndarray, int]]:
+        """The bands in order, their fresh rows read by ``pool``, ``readers`` reads ahead."""
+        requests, pending = self._requests(), collections.deque()
+        for _ in range(self._readers):
+            if (request := next(requests, None)) is not None:
+                pending.append((request[0], request[1], pool.submit(self._read, *request[2])))
+        while pending:
+            y, keep, future = pending.popleft()
+            if (request := next(requests, None)) is not None:
+                pending.append((request[0], request[1], pool.submit(self._read, *request[2])))
+            yield self._band_of(y, keep, future.result())
+
+    def _band_of(self, y: int, keep: int, fresh: np.ndarray) -> tuple[int, np.ndarray, int]:
+        """Window row y's band: ``keep`` rows from the previous band, then ``fresh`` (a new array, so a band
+        handed out is never written again)."""
+        x0 = self._spans[y][0]
+        self.rows_read += fresh.shape[0]
+        if keep:
+            band = np.empty((self._patch, *fresh.shape[1:]), np.uint8)
+            band[:keep] = self._band[-keep:]
+            band[keep:] = fresh
+        else:
+            band = np.ascontiguousarray(fresh)
+        self._band = band
+        return y, band, x0
 
     def _read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        self.rows_read += h
-        return self._slide.read(y, x, h, w)
+        with self._timer("read"):
+            return self._slide.read(y, x, h, w)
 
 
 class _LabelSink:
@@ -252,9 +322,8 @@ def _tissue(predictor: SlidePredictor, slide: Any, timer: StageTimer) -> tuple[A
 
 def _write_mask(predictor: SlidePredictor, slide: Any, rows: Rows, fmts: list[OutputFormat], paths: dict[str, Path],
                 simplify: float | None, timer: StageTimer, progress: Progress | None,
-                done: list[Path], on_rows: OnRows | None = None) -> tuple[int, _LabelSink]:
+                done: list[Path], overlap: bool = True, on_rows: OnRows | None = None) -> tuple[int, _LabelSink]:
     """Every mask format and the GeoJSON from one pass of the rows; each finished output joins ``done``."""
-    source = SlideRows(slide, rows, *predictor.gather_args())
     h, w = slide.height, slide.width
     engine = predictor.engine
     context = SinkContext(engine.class_names, engine.palette, slide, provenance(engine))
@@ -268,7 +337,8 @@ def _write_mask(predictor: SlidePredictor, slide: Any, rows: Rows, fmts: list[Ou
                                                                                simplify))))
         sink = _LabelSink([writer for _, writer in writers], LabelThumbnail(h, w, THUMBNAIL_SIDE),
                           predictor.num_classes)
-        run = predictor.label_rows(source, rows, h, w, rows_sink(sink, on_rows), timer, progress)
+        source = stack.enter_context(SlideRows(slide, rows, *predictor.gather_args(), prefetch=overlap))
+        run = predictor.label_rows(source, rows, h, w, rows_sink(sink, on_rows), timer, progress, overlap=overlap)
         with timer("write"):
             for path, writer in writers:
                 writer.close()
@@ -287,9 +357,11 @@ def _write_pictures(predictor: SlidePredictor, slide: Any, picture: np.ndarray, 
 def run_slide(predictor: SlidePredictor, path: str | Path, out_dir: str | Path, fmt: str | Sequence[str] = "png",
               geojson: bool = False, name: str | None = None, progress: Progress | None = None,
               on_rows: OnRows | None = None, *, geojson_simplify: float | None = None, geojson_gzip: bool = False,
-              require_mpp: bool = False) -> SlideResult:
+              require_mpp: bool = False, overlap: bool = True) -> SlideResult:
     """Segment the slide at ``path`` with ``predictor`` and write its outputs into ``out_dir``;
-    ``on_rows(y0, labels)`` gets each band of finished mask rows."""
+    ``on_rows(y0, labels)`` gets each band of finished mask rows. ``overlap`` (default): the band reader
+    prefetches on threads of its own and the stages overlap (``cervrt.runtime.pipeline.run_windows``);
+    False runs them one after another on the calling thread."""
     from cervrt.runtime.readers import open_slide
 
     start = time.perf_counter()
@@ -311,7 +383,7 @@ def run_slide(predictor: SlidePredictor, path: str | Path, out_dir: str | Path, 
         rows, skipped = predictor.plan_windows(slide.height, slide.width, tissue)
         with _all_or_nothing() as done:
             run, sink = _write_mask(predictor, slide, rows, fmts, paths, geojson_simplify, timer, progress, done,
-                                    on_rows)
+                                    overlap, on_rows)
             with timer("write"):
                 _write_pictures(predictor, slide, picture, sink.thumbnail, paths, done)
             seconds = time.perf_counter() - start
