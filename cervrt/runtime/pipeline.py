@@ -4,7 +4,7 @@
     run = run_windows(host_batches(rows, 8), loader, infer, stitcher, sink, timer, progress)
 
 The loop knows stages only by their small protocols, so each is a separate object that can be
-swapped, tested alone or (later) put behind a thread and a bounded queue:
+swapped, tested alone or put behind a thread and a bounded queue (``overlap``, below):
 
 - ``Loader.load(batch, timer) -> loaded``: the batch's patches made ready for the engine (host: read
   and gathered into a float32 buffer; device: cropped into pinned memory and uploaded);
