@@ -219,7 +219,8 @@ class _Backend:
 _FORMATS: dict[str, str] = {".onnx": "onnx", ".plan": "plan", ".pt": "pt", ".pth": "pt"}
 #: format -> backend name -> backend; the first backend of a format is its default.
 _BACKENDS: dict[str, dict[str, _Backend]] = {
-    "onnx": {"onnxruntime": _Backend("cervrt.engines.onnxruntime:OnnxRuntimeEngine")},
+    "onnx": {"onnxruntime": _Backend("cervrt.engines.onnxruntime:OnnxRuntimeEngine"),
+             "openvino": _Backend("cervrt.engines.openvino:OpenVinoEngine")},
     "plan": {"tensorrt": _Backend("cervrt.engines.tensorrt:TensorRTEngine")},
     "pt": {"torch": _Backend("cervrt.engines.torch:TorchEngine")},
 }
@@ -337,11 +338,13 @@ def open_engine(path: str | os.PathLike[str], device: str | Device = "auto", bat
     ``device``: ``auto`` (a GPU when one works, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``, or a
     kind the backend declares. ``batch_size``: the largest batch the caller will send (TensorRT sizes
     its buffers by it and refuses one above its profile); None for the backend's default.
-    ``backend``: which backend runs the file's format (``engine_backends("onnx")``); None for the default.
+    ``backend``: which backend runs the file's format (``engine_backends("onnx")``); None or ``"auto"`` for
+    the default (ONNX Runtime for ``.onnx``; ``"openvino"`` runs it on OpenVINO's CPU plugin).
     ``options``: keyword arguments of the backend's constructor (ONNX Runtime: ``threads``,
-    ``cuda_options``); one the backend does not take raises InputError naming those it does.
+    ``cuda_options``; OpenVINO: ``bf16``); one the backend does not take raises InputError naming those it does.
     """
     path = Path(path)
+    backend = None if backend == "auto" else backend
     factory, device_kinds = _choose(path, backend)
     parsed = parse_device(device, device_kinds)
     batch_size = _check_batch_size(batch_size)

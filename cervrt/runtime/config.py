@@ -73,7 +73,9 @@ class PredictorConfig:
     ``batch_size``: windows per engine call; ``stride``: pixels between windows (None: a quarter of the
     model's patch); ``blend``: ``Blend.GAUSSIAN`` or ``Blend.MEAN``; ``tissue_threshold``: windows whose
     tissue share is under it are not run (0 runs every window); ``fusion``: see ``Fusion``; ``mpp``:
-    the microns per pixel of slides without (or with wrong) resolution metadata, None to trust the file.
+    the microns per pixel of slides without (or with wrong) resolution metadata, None to trust the file;
+    ``backend``: which backend runs the model's format (``"auto"``: ONNX Runtime for ``.onnx``;
+    ``"openvino"``); ``bf16``: BF16 inference precision (OpenVINO on a CPU with AVX-512 BF16 or AMX).
     """
 
     device: str = "auto"
@@ -83,6 +85,8 @@ class PredictorConfig:
     tissue_threshold: float = 0.1
     fusion: Fusion = Fusion.AUTO
     mpp: float | None = None
+    backend: str = "auto"
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not self.device.strip():
@@ -98,10 +102,25 @@ class PredictorConfig:
             mpp = _number(self.mpp, "mpp")
             if not mpp > 0:
                 raise InputError(f"mpp must be positive microns per pixel, got {self.mpp}")
+        self._check_backend()
         object.__setattr__(self, "blend", Blend.parse(self.blend))
         object.__setattr__(self, "fusion", Fusion.parse(self.fusion))
         object.__setattr__(self, "tissue_threshold", threshold)
         object.__setattr__(self, "mpp", mpp)
+
+    def _check_backend(self) -> None:
+        if not isinstance(self.backend, str) or not self.backend.strip():
+            raise InputError(f"backend must be a name such as 'auto', 'onnxruntime' or 'openvino', "
+                             f"got {self.backend!r}")
+        if not isinstance(self.bf16, bool):
+            raise InputError(f"bf16 must be True or False, got {self.bf16!r}")
+        if self.bf16 and self.backend != "openvino":
+            raise InputError("bf16 inference runs on OpenVINO's CPU plugin: add --backend openvino "
+                             "(backend='openvino'), or drop --bf16")
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword options for the engine's constructor (``open_engine(..., options=)``): ``bf16`` when asked."""
+        return {"bf16": True} if self.bf16 else {}
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -160,7 +160,7 @@ class Predictor:
         from cervrt.engines import open_engine
 
         return open_engine(model_path, device=config.device, batch_size=config.batch_size,  # type: ignore[arg-type]
-                           options=options)
+                           backend=config.backend, options={**config.engine_options(), **options})
 
     def with_settings(self, **changes: Any) -> Predictor:
         """A Predictor over this one's engine (and its lock) with ``changes`` to the settings; closing it

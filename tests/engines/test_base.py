@@ -176,13 +176,13 @@ def fresh_registry(monkeypatch):
 
 def test_each_format_has_its_default_backend():
     assert (engine_backends("onnx"), engine_backends("plan"), engine_backends("pt")) == (
-        ("onnxruntime",), ("tensorrt",), ("torch",))
+        ("onnxruntime", "openvino"), ("tensorrt",), ("torch",))
     assert engine_backends("h5") == ()
 
 
 def test_open_engine_refuses_an_unknown_backend_listing_the_valid_ones(tiny_onnx):
-    with pytest.raises(CervrtError, match=r"unknown backend 'openvino' for onnx models .*use one of onnxruntime$"):
-        open_engine(tiny_onnx, backend="openvino")
+    with pytest.raises(CervrtError, match=r"unknown backend 'tvm' for onnx models .*use one of onnxruntime, openvino$"):
+        open_engine(tiny_onnx, backend="tvm")
 
 
 def test_register_backend_adds_a_second_backend_with_its_own_device_kinds(tiny_onnx, fresh_registry):

@@ -102,3 +102,54 @@ def test_closed_engine_refuses_runs(tiny_onnx):
     engine.close()
     with pytest.raises(CervrtError, match="closed"):
         engine.run(_batch(1))
+
+
+# --- behind open_engine and the Predictor ------------------------------------------------------------
+
+
+def test_open_engine_picks_openvino_by_backend_and_keeps_onnxruntime_for_auto(tiny_onnx):
+    from cervrt.engines import engine_backends, open_engine
+
+    assert engine_backends("onnx") == ("onnxruntime", "openvino")
+    with open_engine(tiny_onnx, "cpu", backend="openvino") as engine:
+        assert isinstance(engine, OpenVinoEngine) and engine.precision == "fp32"
+    for backend in (None, "auto"):
+        with open_engine(tiny_onnx, "cpu", backend=backend) as engine:
+            assert isinstance(engine, OnnxRuntimeEngine)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no AVX-512 BF16 or AMX")
+def test_open_engine_bf16_runs_openvino_in_bf16(tiny_onnx):
+    from cervrt.engines import open_engine
+
+    with open_engine(tiny_onnx, backend="openvino", options={"bf16": True}) as engine:
+        assert engine.precision == "bf16" and engine.provider == "OpenVINO CPU (bf16)"
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime"])
+def test_bf16_without_the_openvino_backend_is_one_line(tiny_onnx, backend):
+    from cervrt.engines import open_engine
+    from cervrt.runtime.config import PredictorConfig
+
+    with pytest.raises(CervrtError, match="add --backend openvino"):
+        PredictorConfig(backend=backend, bf16=True)
+    with pytest.raises(CervrtError, match="takes no option bf16"):
+        open_engine(tiny_onnx, backend=backend, options={"bf16": True})
+    assert PredictorConfig(backend="openvino", bf16=True).engine_options() == {"bf16": True}
+
+
+def test_predictor_runs_on_openvino_and_agrees_with_onnxruntime(tiny_onnx):
+    from cervrt.runtime.config import PredictorConfig
+    from cervrt.runtime.predictor import Predictor
+
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    config = PredictorConfig(device="cpu", tissue_threshold=0.0)
+    with Predictor(tiny_onnx, config.replace(backend="openvino")) as predictor:
+        assert predictor.engine.kind == "openvino" and predictor.engine.provider == "OpenVINO CPU (f32)"
+        probs = predictor.predict_proba(image)
+    with Predictor(tiny_onnx, config) as reference:
+        assert reference.engine.kind == "onnxruntime"
+        expected = reference.predict_proba(image)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    with pytest.raises(CervrtError, match="backend must be a name"):
+        PredictorConfig(backend="")
