@@ -104,3 +104,20 @@ def test_empty_mask_incomplete_rows_and_too_big_for_one_instance(tmp_path, monke
     with pytest.raises(CervrtError, match="4 GiB"):
         DicomSegWriter(tmp_path / "big.seg", 70_000, 70_000, CLASS_NAMES, PALETTE)
     assert sorted(os.listdir(tmp_path)) == ["e.seg"]
+
+
+def test_a_missing_extra_is_named_and_nothing_is_written(tmp_path, monkeypatch):
+    import sys
+
+    from cervrt.runtime.dicom_slide import DicomSlide
+    from cervrt.runtime.ome_zarr import OmeZarrWriter
+
+    for module in ("highdicom", "wsidicom", "ome_zarr.writer"):
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(CervrtError, match=r'pip install "cervrt\[dicom\]"'):
+        DicomSegWriter(tmp_path / "x.seg", 10, 10, CLASS_NAMES, PALETTE)
+    with pytest.raises(CervrtError, match=r'pip install "cervrt\[dicom\]"'):
+        DicomSlide(tmp_path, 0.9, None)
+    with pytest.raises(CervrtError, match=r'pip install "cervrt\[zarr\]"'):
+        OmeZarrWriter(tmp_path / "x.ome.zarr", 10, 10, CLASS_NAMES, PALETTE)
+    assert os.listdir(tmp_path) == []
