@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cervrt._io import write_json
-from cervrt.errors import CervrtError
+from cervrt.errors import ModelError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -138,10 +138,10 @@ class ArtifactMetadata:
     def from_dict(cls, data: Any, source: str = "the artifact") -> ArtifactMetadata:
         """Parse the JSON form; CervrtError naming ``source`` and the missing keys."""
         if not isinstance(data, Mapping):
-            raise CervrtError(f"{source}: the cervrt metadata is not a JSON object")
+            raise ModelError(f"{source}: the cervrt metadata is not a JSON object")
         missing = [k for k in REQUIRED_KEYS if k not in data]
         if missing:
-            raise CervrtError(f"{source}: the cervrt metadata lacks {', '.join(missing)}; export it again with cervrt")
+            raise ModelError(f"{source}: the cervrt metadata lacks {', '.join(missing)}; export it again with cervrt")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
@@ -203,12 +203,12 @@ def metadata_from_model(model: Any, source: str = "the model") -> dict[str, Any]
     """The ``cervrt`` metadata of a loaded ONNX model; CervrtError if there is none."""
     values = [p.value for p in model.metadata_props if p.key == METADATA_KEY]
     if not values:
-        raise CervrtError(f"{source} has no cervrt metadata: export it with `cervrt export CHECKPOINT`, or give "
+        raise ModelError(f"{source} has no cervrt metadata: export it with `cervrt export CHECKPOINT`, or give "
                           "a model cervrt did not export its metadata with `cervrt adopt MODEL --classes ...`")
     try:
         data = json.loads(values[-1])
     except json.JSONDecodeError:
-        raise CervrtError(f"{source}: its cervrt metadata is not valid JSON; export it again") from None
+        raise ModelError(f"{source}: its cervrt metadata is not valid JSON; export it again") from None
     ArtifactMetadata.from_dict(data, source)
     return data
 
@@ -218,11 +218,11 @@ def _load_onnx(path: Path) -> Any:
     from google.protobuf.message import DecodeError
 
     if not path.is_file():
-        raise CervrtError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+        raise ModelError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     try:
         return onnx.load(path, load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        raise CervrtError(f"{path} is not a readable ONNX file (truncated or corrupt?): {type(exc).__name__}") from None
+        raise ModelError(f"{path} is not a readable ONNX file (truncated or corrupt?): {type(exc).__name__}") from None
 
 
 def read_metadata(onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -241,14 +241,14 @@ def read_plan_metadata(plan_path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata written beside a TensorRT plan (``X.plan`` -> ``X.plan.json``), JSON form."""
     sidecar = plan_json_path(plan_path)
     if not sidecar.is_file():
-        raise CervrtError(f"{sidecar} does not exist: a cervrt engine is described by the .json beside it; "
+        raise ModelError(f"{sidecar} does not exist: a cervrt engine is described by the .json beside it; "
                           "build the engine with `cervrt export CHECKPOINT --engine PATH.plan`")
     try:
         metadata = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CervrtError(f"{sidecar} is not valid JSON (truncated?): build the engine again") from None
+        raise ModelError(f"{sidecar} is not valid JSON (truncated?): build the engine again") from None
     if not isinstance(metadata, dict) or metadata.get("format") != PLAN_FORMAT:
-        raise CervrtError(f"{sidecar} is not a cervrt engine description (no '{PLAN_FORMAT}' format marker)")
+        raise ModelError(f"{sidecar} is not a cervrt engine description (no '{PLAN_FORMAT}' format marker)")
     ArtifactMetadata.from_dict(metadata, str(sidecar))
     return metadata
 
@@ -288,7 +288,7 @@ def plan_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     metadata = read_plan_metadata(path)
     if not path.is_file():
-        raise CervrtError(f"{path} does not exist (only its .json description does): build the engine again")
+        raise ModelError(f"{path} does not exist (only its .json description does): build the engine again")
     info = _common_info("tensorrt", path, metadata)
     info.update({k: metadata.get(k) for k in ("inputs", "outputs", "tensorrt_version", "gpu_name",
                                               "compute_capability", "profile", "build_route", "workspace_gb")})

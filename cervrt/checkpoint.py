@@ -21,7 +21,7 @@ from typing import Any
 
 from cervrt._io import atomic_path, optional_import
 from cervrt.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, MTCHI_MPP, PALETTE, PATCH_SIZE
-from cervrt.errors import CervrtError
+from cervrt.errors import ModelError
 
 __all__ = [
     "DESCRIPTION_KEYS",
@@ -56,21 +56,21 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
     torch = optional_import("torch", "train")
     path = Path(path)
     if not path.is_file():
-        raise CervrtError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+        raise ModelError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     if path.stat().st_size == 0:
-        raise CervrtError(f"{path} is empty")
+        raise ModelError(f"{path} is empty")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         if found is None:  # not a pickle stream at all ("Unsupported operand"): damaged, not dangerous
-            raise CervrtError(f"{path} is not a readable PyTorch file (truncated or corrupt?)") from None
-        raise CervrtError(
+            raise ModelError(f"{path} is not a readable PyTorch file (truncated or corrupt?)") from None
+        raise ModelError(
             f"{path} was refused: it holds pickled objects other than tensors and plain types (it references "
             f"{found.group(1)}), which could run code; only load checkpoints saved by cervrt or as plain state_dicts"
         ) from None
     except Exception:  # the loader's own words ("101", "pop from empty list") would not help the user
-        raise CervrtError(f"{path} is not a readable PyTorch file (truncated or corrupt?)") from None
+        raise ModelError(f"{path} is not a readable PyTorch file (truncated or corrupt?)") from None
 
 
 def build_checkpoint(model: Any, arch: str, arch_kwargs: dict[str, Any], *, patch_size: int = PATCH_SIZE,
@@ -110,13 +110,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate a cervrt checkpoint (safely: no arbitrary unpickling)."""
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CervrtError(f"{path} is not a cervrt checkpoint (no '{FORMAT}' format marker); "
+        raise ModelError(f"{path} is not a cervrt checkpoint (no '{FORMAT}' format marker); "
                           "to start from ImageNet weights use --encoder-weights")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise CervrtError(f"{path} was written by a newer cervrt (format {ckpt['format_version']}): upgrade cervrt")
+        raise ModelError(f"{path} was written by a newer cervrt (format {ckpt['format_version']}): upgrade cervrt")
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
-        raise CervrtError(f"{path} is an incomplete cervrt checkpoint: missing {', '.join(missing)}")
+        raise ModelError(f"{path} is an incomplete cervrt checkpoint: missing {', '.join(missing)}")
     return ckpt
 
 

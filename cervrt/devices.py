@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cervrt.errors import CervrtError
+from cervrt.errors import InputError
 
 __all__ = ["DEVICE_CHOICES", "Device", "parse_device"]
 
@@ -55,6 +55,6 @@ def parse_device(device: str | Device, extra_kinds: Iterable[str] = ()) -> Devic
     kind = found.group(1) if found else ""
     known = kind in _KINDS or kind in extra
     if not found or not known or (found.group(2) is not None and kind in ("auto", "cpu")):
-        raise CervrtError(f"unknown device {device!r}: use one of {_choices(extra)} (N = 0, 1, ...)")
+        raise InputError(f"unknown device {device!r}: use one of {_choices(extra)} (N = 0, 1, ...)")
     index = found.group(2)
     return Device(kind, None if index is None else int(index))

@@ -14,7 +14,7 @@ import numpy as np
 
 from cervrt._cv import PIXEL_LIMIT, PIXEL_LIMIT_RAISED, cv2
 from cervrt._io import atomic_path
-from cervrt.errors import CervrtError
+from cervrt.errors import CervrtError, SlideError
 
 __all__ = ["decode_image", "read_rgb", "to_rgb", "write_png"]
 
@@ -32,7 +32,7 @@ def _uint8(data: np.ndarray, source: Path) -> np.ndarray:
         return cv2.convertScaleAbs(data, alpha=255.0 / 65535.0)
     if data.dtype == np.bool_:
         return data.astype(np.uint8) * 255
-    raise CervrtError(f"{source} has {data.dtype} pixels: only 8- and 16-bit images are read, save it as 8-bit RGB")
+    raise SlideError(f"{source} has {data.dtype} pixels: only 8- and 16-bit images are read, save it as 8-bit RGB")
 
 
 def _composite(data: np.ndarray, colour: list[int]) -> np.ndarray:
@@ -56,7 +56,7 @@ def to_rgb(data: np.ndarray, source: Path, bgr: bool = False) -> np.ndarray:
     if data.ndim == 2:
         return cv2.cvtColor(np.ascontiguousarray(data), cv2.COLOR_GRAY2RGB)
     if data.ndim != 3 or data.shape[2] not in (2, 3, 4):
-        raise CervrtError(f"{source} has pixels of shape {data.shape[2:]}: expected greyscale, RGB or RGBA")
+        raise SlideError(f"{source} has pixels of shape {data.shape[2:]}: expected greyscale, RGB or RGBA")
     if data.shape[2] == 3:
         data = np.ascontiguousarray(data)
         return cv2.cvtColor(data, cv2.COLOR_BGR2RGB, dst=data) if bgr else data  # in place: no second copy
@@ -70,17 +70,17 @@ def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         raw = np.fromfile(path, np.uint8)
     except OSError as exc:
-        raise CervrtError(f"cannot read {path}: {exc.strerror}") from exc
+        raise SlideError(f"cannot read {path}: {exc.strerror}") from exc
     try:
         data = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # OpenCV 5 raises, rather than returning None, for an image over its pixel limit
         if "MAX_IMAGE" not in str(exc):
-            raise CervrtError(f"cannot decode {path}: {_NOT_DECODED}") from exc
+            raise SlideError(f"cannot decode {path}: {_NOT_DECODED}") from exc
         late = "" if PIXEL_LIMIT_RAISED else " import cervrt before cv2, or"
-        raise CervrtError(f"{path} has more pixels than OpenCV's decode limit of {PIXEL_LIMIT}:{late} set "
+        raise SlideError(f"{path} has more pixels than OpenCV's decode limit of {PIXEL_LIMIT}:{late} set "
                           "OPENCV_IO_MAX_IMAGE_PIXELS higher before cv2 is first imported") from exc
     if data is None:
-        raise CervrtError(f"cannot decode {path}: {_NOT_DECODED}")
+        raise SlideError(f"cannot decode {path}: {_NOT_DECODED}")
     return data
 
 

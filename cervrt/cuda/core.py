@@ -13,14 +13,14 @@ import importlib
 from collections.abc import Iterator
 from typing import Any
 
-from cervrt.errors import CervrtError, MissingDependencyError
+from cervrt.errors import DeviceError, MissingDependencyError
 
 __all__ = ["CudaError", "bindings", "check", "driver", "first_line", "native_handle", "nvrtc_module", "use_driver"]
 
 _installed: list[Any] = []  # the stack of modules use_driver() put in place of cuda.bindings.driver
 
 
-class CudaError(CervrtError, RuntimeError):
+class CudaError(DeviceError, RuntimeError):
     """A CUDA driver or NVRTC call failed (a bug or a broken installation, not bad input)."""
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cervrt.cuda.core import CudaError, check, driver, first_line
-from cervrt.errors import CervrtError, MissingDependencyError
+from cervrt.errors import CervrtError, DeviceError, MissingDependencyError
 
 __all__ = ["GpuInfo", "NoDeviceError", "PrimaryContext", "device_arch", "device_count", "driver_version", "gpu_info",
            "open_device"]
@@ -25,7 +25,7 @@ _DRIVER_LIBRARIES = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so
 _NO_LIBRARY = "the NVIDIA driver library (libcuda) is not installed"
 
 
-class NoDeviceError(CervrtError):
+class NoDeviceError(DeviceError):
     """There is no usable CUDA device; ``reason`` is one word (a CUresult name or an exception type)."""
 
     def __init__(self, message: str, reason: str) -> None:

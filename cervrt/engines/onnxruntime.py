@@ -45,7 +45,7 @@ from cervrt.artifact import read_metadata
 from cervrt.cuda import device_count as cuda_device_count
 from cervrt.devices import Device, parse_device
 from cervrt.engines.base import Engine, EngineOutput
-from cervrt.errors import CervrtError
+from cervrt.errors import DeviceError, ModelError
 
 __all__ = ["CPU_PROVIDER", "CUDA_PROVIDER", "OnnxRuntimeEngine", "choose_providers"]
 
@@ -66,14 +66,14 @@ def choose_providers(device: Device, available: list[str], gpu_count: int, gpu_r
     wants_cuda = device.kind == "cuda"
     if CUDA_PROVIDER not in available:
         if wants_cuda:
-            raise CervrtError(f"device {device} was asked for but this onnxruntime has no {CUDA_PROVIDER} (it offers "
+            raise DeviceError(f"device {device} was asked for but this onnxruntime has no {CUDA_PROVIDER} (it offers "
                               f"{', '.join(available)}): install onnxruntime-gpu (pip install \"cervrt[gpu]\") "
                               "or use device cpu")
         return [CPU_PROVIDER]
     if device.ordinal >= gpu_count:
         if wants_cuda:
             seen = f"{gpu_count} CUDA GPU(s) are present" if gpu_count else f"no CUDA GPU is visible: {gpu_reason}"
-            raise CervrtError(f"device {device} was asked for but {seen}; use device cpu or auto")
+            raise DeviceError(f"device {device} was asked for but {seen}; use device cpu or auto")
         return [CPU_PROVIDER]
     options = {"device_id": str(device.ordinal), **{str(k): str(v) for k, v in (cuda_options or {}).items()}}
     if "user_compute_stream" in options:
@@ -115,7 +115,7 @@ class OnnxRuntimeEngine(Engine):
         try:
             return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for graphs it cannot load
-            raise CervrtError(f"ONNX Runtime cannot load {self.path}: {_first_line(exc)}") from None
+            raise ModelError(f"ONNX Runtime cannot load {self.path}: {_first_line(exc)}") from None
 
     def _check_providers(self, requested: Device, providers: list[Any]) -> None:
         """Report what runs; refuse a silent CPU fallback when cuda was asked for explicitly."""
@@ -129,7 +129,7 @@ class OnnxRuntimeEngine(Engine):
                    "driver: see its log above) and fell back to the CPU")
             if requested.kind == "cuda":
                 self._session = None
-                raise CervrtError(f"device {requested} was asked for but {why}; fix the CUDA install or use device cpu")
+                raise DeviceError(f"device {requested} was asked for but {why}; fix the CUDA install or use device cpu")
             self.fallback = why
 
     def _bind_io(self) -> None:
@@ -139,10 +139,10 @@ class OnnxRuntimeEngine(Engine):
         wanted_outputs = list(self.metadata["outputs"])
         names = [i.name for i in inputs]
         if names != [wanted_input] or not set(wanted_outputs) <= outputs:
-            raise CervrtError(f"{self.path}: the graph's inputs/outputs ({names}, {sorted(outputs)}) "
+            raise ModelError(f"{self.path}: the graph's inputs/outputs ({names}, {sorted(outputs)}) "
                               f"do not match its cervrt metadata ({wanted_input}, {wanted_outputs}); export it again")
         if inputs[0].type not in _NP_TYPES:
-            raise CervrtError(f"{self.path}: its input is {inputs[0].type}; cervrt graphs take float or float16")
+            raise ModelError(f"{self.path}: its input is {inputs[0].type}; cervrt graphs take float or float16")
         self.input_dtype = _NP_TYPES[inputs[0].type]
         self._input_name = wanted_input
         self._output_names = wanted_outputs
@@ -156,7 +156,7 @@ class OnnxRuntimeEngine(Engine):
         try:
             results = self._session.run(self._output_names, {self._input_name: batch})
         except Exception as exc:  # ORT's own exception types: a graph that cannot take this batch
-            raise CervrtError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {_first_line(exc)}") from exc
+            raise ModelError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {_first_line(exc)}") from exc
         return EngineOutput(results[0], results[1] if len(results) > 1 else None)
 
     def run_device(self, input_ptr: int, n: int, stream: Any) -> tuple[int, int | None]:
@@ -164,9 +164,9 @@ class OnnxRuntimeEngine(Engine):
         ``stream``): device addresses of float32 ``probs`` and ``class_probs`` (or None), valid until the
         next call on ``stream``. Compiled, unexecuted here."""
         if self._session is None:
-            raise CervrtError("this onnxruntime engine is closed: open the model again")
+            raise ModelError("this onnxruntime engine is closed: open the model again")
         if not self.supports_device_io:
-            raise CervrtError(f"run_device needs the {CUDA_PROVIDER} and a float32 input; this session runs "
+            raise DeviceError(f"run_device needs the {CUDA_PROVIDER} and a float32 input; this session runs "
                               f"{self.provider} with {self.input_dtype} input")
         from cervrt.cuda import native_handle
         from cervrt.cuda.memory import synchronize_stream
@@ -182,7 +182,7 @@ class OnnxRuntimeEngine(Engine):
         try:
             self._session.run_with_iobinding(binding)
         except Exception as exc:  # ORT's own exception types
-            raise CervrtError(f"ONNX Runtime failed on a device batch of {n}: {_first_line(exc)}") from exc
+            raise DeviceError(f"ONNX Runtime failed on a device batch of {n}: {_first_line(exc)}") from exc
         outputs = binding.get_outputs()
         with self._device_lock:
             self._device_outputs[key] = (binding, outputs)  # kept alive until the next call on this stream

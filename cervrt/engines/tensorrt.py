@@ -66,7 +66,7 @@ from cervrt.cuda import memory as mem
 from cervrt.cuda.trt import shared_logger
 from cervrt.devices import Device, parse_device
 from cervrt.engines.base import Engine, EngineOutput
-from cervrt.errors import CervrtError
+from cervrt.errors import DeviceError, InputError, ModelError
 
 __all__ = ["TensorBinding", "TensorRTEngine", "check_gpu", "check_plan_sha256", "check_version", "read_bindings",
            "version_triple"]
@@ -85,7 +85,7 @@ def version_triple(version: str) -> tuple[int, ...]:
     """``"10.13.3.9"`` -> ``(10, 13, 3)``: the part of a TensorRT version a plan is tied to."""
     parts = re.findall(r"\d+", str(version).split("+")[0])
     if not parts:
-        raise CervrtError(f"cannot read the TensorRT version {version!r}")
+        raise ModelError(f"cannot read the TensorRT version {version!r}")
     return tuple(int(p) for p in parts[:3])
 
 
@@ -93,10 +93,10 @@ def check_version(metadata: dict[str, Any], installed: str, path: Path) -> None:
     """CervrtError unless the installed TensorRT is the one the plan was built with (major.minor.patch)."""
     recorded = metadata.get("tensorrt_version")
     if recorded is None:
-        raise CervrtError(f"{path}.json does not record the TensorRT version it was built with: build it again")
+        raise ModelError(f"{path}.json does not record the TensorRT version it was built with: build it again")
     want, have = version_triple(recorded), version_triple(installed)
     if have[: len(want)] != want:
-        raise CervrtError(f"{path} was built with TensorRT {recorded} but TensorRT {installed} is installed: a plan "
+        raise ModelError(f"{path} was built with TensorRT {recorded} but TensorRT {installed} is installed: a plan "
                           f"runs only with the TensorRT that built it; install tensorrt=={recorded} or build it again")
 
 
@@ -104,7 +104,7 @@ def check_gpu(metadata: dict[str, Any], gpu_name: str, capability: str, device: 
     """CervrtError unless ``device`` is the GPU model (name and compute capability) the plan was built on."""
     want = (str(metadata.get("gpu_name")), str(metadata.get("compute_capability")))
     if (gpu_name, capability) != want:
-        raise CervrtError(f"{path} was built on a {want[0]} (compute {want[1]}) but cuda:{device.ordinal} is a "
+        raise DeviceError(f"{path} was built on a {want[0]} (compute {want[1]}) but cuda:{device.ordinal} is a "
                           f"{gpu_name} (compute {capability}): a TensorRT plan only runs on the GPU model it was "
                           "built on; build it again on this machine with `cervrt export CHECKPOINT --engine PATH.plan`")
 
@@ -113,7 +113,7 @@ def check_plan_sha256(metadata: dict[str, Any], plan: bytes, path: Path) -> None
     """CervrtError when the plan's bytes are not the ones its ``.json`` describes (``plan_sha256``)."""
     recorded = metadata.get("plan_sha256")
     if recorded is not None and hashlib.sha256(plan).hexdigest() != str(recorded):
-        raise CervrtError(f"{path} does not match the plan_sha256 in {path.name}.json (the plan was replaced or "
+        raise ModelError(f"{path} does not match the plan_sha256 in {path.name}.json (the plan was replaced or "
                           "truncated after export): export it again")
 
 
@@ -132,12 +132,12 @@ def _profile_batch(metadata: dict[str, Any], path: Path) -> tuple[int, int]:
         profile = metadata["profile"]
         return int(profile["min"][0]), int(profile["max"][0])
     except (KeyError, TypeError, IndexError, ValueError):
-        raise CervrtError(f"{path}.json has no usable optimisation profile (min/max shapes): build it again") from None
+        raise ModelError(f"{path}.json has no usable optimisation profile (min/max shapes): build it again") from None
 
 
 def _ok(result: bool, what: str) -> None:
     if not result:
-        raise CervrtError(f"TensorRT refused {what} (its log above says why)")
+        raise ModelError(f"TensorRT refused {what} (its log above says why)")
 
 
 @dataclass
@@ -168,11 +168,11 @@ class TensorRTEngine(Engine):
         self.metadata = read_plan_metadata(self.path)
         requested = parse_device(device)
         if requested.kind == "cpu":
-            raise CervrtError(f"{self.path} is a TensorRT plan, which runs on a CUDA GPU only: use device auto or "
+            raise DeviceError(f"{self.path} is a TensorRT plan, which runs on a CUDA GPU only: use device auto or "
                               "cuda[:N], or open the .onnx export for the CPU")
         self._min_batch, self.max_batch = _profile_batch(self.metadata, self.path)
         if batch_size is not None and batch_size > self.max_batch:
-            raise CervrtError(f"batch size {batch_size} is above the plan's profile maximum of {self.max_batch}: "
+            raise InputError(f"batch size {batch_size} is above the plan's profile maximum of {self.max_batch}: "
                               f"use --batch-size {self.max_batch} or less, or build the plan with a larger profile")
         trt = optional_import("tensorrt", "tensorrt")
         check_version(self.metadata, str(trt.__version__), self.path)
@@ -210,7 +210,7 @@ class TensorRTEngine(Engine):
         self._runtime = trt.Runtime(shared_logger(trt))
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise CervrtError(f"TensorRT could not deserialise {self.path} (truncated, or built by another TensorRT "
+            raise ModelError(f"TensorRT could not deserialise {self.path} (truncated, or built by another TensorRT "
                               "or for another GPU): build it again")
         self._bind(read_bindings(trt, self._engine))
 
@@ -220,10 +220,10 @@ class TensorRTEngine(Engine):
         outputs = {b.name: b for b in bindings if not b.is_input}
         wanted = list(self.metadata["outputs"])
         if [b.name for b in inputs] != [self.metadata["input"]] or not set(wanted) <= set(outputs):
-            raise CervrtError(f"{self.path}: the engine's tensors ({[b.name for b in bindings]}) do not match its "
+            raise ModelError(f"{self.path}: the engine's tensors ({[b.name for b in bindings]}) do not match its "
                               f"description ({self.metadata['input']} -> {wanted}); build it again")
         if inputs[0].dtype not in (np.float32, np.float16):
-            raise CervrtError(f"{self.path}: its input is {inputs[0].dtype}; cervrt plans take float32 or float16")
+            raise ModelError(f"{self.path}: its input is {inputs[0].dtype}; cervrt plans take float32 or float16")
         self._input = inputs[0]
         self._outputs = [outputs[name] for name in wanted]
         self.input_dtype = inputs[0].dtype
@@ -240,7 +240,7 @@ class TensorRTEngine(Engine):
         if lane is None:
             context = self._engine.create_execution_context()
             if context is None:
-                raise CervrtError(f"TensorRT could not create an execution context for {self.path} "
+                raise DeviceError(f"TensorRT could not create an execution context for {self.path} "
                                   "(out of GPU memory?)")
             lane = self._lanes[key] = _Lane(context)
         if capacity > lane.capacity:
@@ -255,7 +255,7 @@ class TensorRTEngine(Engine):
         for binding in self._outputs:
             shapes[binding.name] = tuple(int(d) for d in lane.context.get_tensor_shape(binding.name))
             if min(shapes[binding.name]) < 0:
-                raise CervrtError(f"TensorRT left the shape of {binding.name} unresolved: {shapes[binding.name]}")
+                raise ModelError(f"TensorRT left the shape of {binding.name} unresolved: {shapes[binding.name]}")
         if lane.device:
             mem.synchronize_stream(stream)  # the old buffers' last readers are on this lane's stream
             for ptr in lane.device.values():
@@ -297,7 +297,7 @@ class TensorRTEngine(Engine):
     def _enqueue(self, lane: _Lane, n: int, input_ptr: int, stream: Any) -> None:
         """Set the batch's shape and input address on ``lane``, then enqueue the engine on ``stream``."""
         if n < self._min_batch:
-            raise CervrtError(f"the plan's profile takes batches of {self._min_batch} to {self.max_batch} patches, "
+            raise InputError(f"the plan's profile takes batches of {self._min_batch} to {self.max_batch} patches, "
                               f"got {n}: pad the batch or build the plan with a smaller minimum")
         context = lane.context
         _ok(context.set_input_shape(self._input.name, self._input_shape(n)), f"the input shape of {n} patches")
@@ -330,14 +330,14 @@ class TensorRTEngine(Engine):
         (n, C - 1) or None, written on ``stream`` and valid until the next call on ``stream``. A batch
         under the profile's minimum is copied into the lane's input buffer and padded with zeros."""
         if self._closed:
-            raise CervrtError("this tensorrt engine is closed: open the model again")
+            raise InputError("this tensorrt engine is closed: open the model again")
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= self.max_batch:
-            raise CervrtError(f"n must be an integer from 1 to {self.max_batch} (the plan's profile), got {n!r}")
+            raise InputError(f"n must be an integer from 1 to {self.max_batch} (the plan's profile), got {n!r}")
         if int(input_ptr) <= 0:
-            raise CervrtError("input_ptr must be a device pointer to float32 (n, 3, P, P)")
+            raise InputError("input_ptr must be a device pointer to float32 (n, 3, P, P)")
         if not self.supports_device_io:
             dtypes = {b.name: str(b.dtype) for b in (self._input, *self._outputs)}
-            raise CervrtError(f"run_device needs a plan with float32 input and outputs, this one has {dtypes}; "
+            raise ModelError(f"run_device needs a plan with float32 input and outputs, this one has {dtypes}; "
                               "build it from an export without --fp16-io, or use run()")
         n = int(n)
         with self._active():

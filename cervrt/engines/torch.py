@@ -41,7 +41,7 @@ import numpy as np
 from cervrt._io import optional_import
 from cervrt.devices import Device, parse_device
 from cervrt.engines.base import Engine, EngineOutput
-from cervrt.errors import CervrtError
+from cervrt.errors import CervrtError, DeviceError
 
 __all__ = ["PRECISIONS", "TorchEngine", "checkpoint_metadata"]
 
@@ -65,10 +65,10 @@ def _torch_device(torch: Any, requested: Device) -> str:
         return "cuda:0" if available else "cpu"
     if not available:
         why = "this torch is a CPU build" if torch.version.cuda is None else "torch sees no CUDA GPU"
-        raise CervrtError(f"device {requested} was asked for but {why}; use device cpu or auto")
+        raise DeviceError(f"device {requested} was asked for but {why}; use device cpu or auto")
     count = torch.cuda.device_count()
     if requested.ordinal >= count:
-        raise CervrtError(f"device {requested} was asked for but {count} CUDA GPU(s) are present")
+        raise DeviceError(f"device {requested} was asked for but {count} CUDA GPU(s) are present")
     return f"cuda:{requested.ordinal}"
 
 
@@ -91,9 +91,9 @@ class TorchEngine(Engine):
         self.device = _torch_device(self._torch, parse_device(device))
         on_cuda = self.device.startswith("cuda")
         if precision != "fp32" and not on_cuda:
-            raise CervrtError(f"precision {precision} needs a CUDA device (autocast on the GPU); the CPU runs fp32")
+            raise DeviceError(f"precision {precision} needs a CUDA device (autocast on the GPU); the CPU runs fp32")
         if cuda_graphs and not (on_cuda and batch_size):
-            raise CervrtError("cuda_graphs needs a CUDA device and a fixed batch_size")
+            raise DeviceError("cuda_graphs needs a CUDA device and a fixed batch_size")
         checkpoint = load_checkpoint(self.path)
         model = model_from_checkpoint(checkpoint)
         self.metadata = checkpoint_metadata(checkpoint, model, self.path)
@@ -160,7 +160,7 @@ class TorchEngine(Engine):
         if self._closed:
             raise CervrtError("this torch engine is closed: open the model again")
         if not self.supports_device_io:
-            raise CervrtError(f"run_device needs the torch engine on a CUDA device, this one is on {self.device}")
+            raise DeviceError(f"run_device needs the torch engine on a CUDA device, this one is on {self.device}")
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
             raise CervrtError(f"n must be a positive integer, got {n!r}")
         from cervrt.cuda import native_handle

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cervrt.errors import CervrtError
+from cervrt.errors import CervrtError, InputError, SlideError
 from cervrt.runtime.dicom_slide import DicomSlide, is_dicom_slide
 from cervrt.runtime.slides import COMPOUND_SUFFIXES, ImageSlide, OpenSlideSlide, Slide, TiffSlide
 
@@ -67,7 +67,7 @@ def register_reader(name: str, can_open: Callable[[Path], bool], factory: SlideF
     reader registered again under the same ``name`` replaces the old one.
     """
     if not isinstance(name, str) or not name or not callable(can_open) or not callable(factory):
-        raise CervrtError(f"a reader needs a name, a can_open(path) test and a factory, got {name!r}")
+        raise InputError(f"a reader needs a name, a can_open(path) test and a factory, got {name!r}")
     kept = [reader for reader in _READERS if reader.name != name]
     entry = _Reader(name, can_open, factory)
     _READERS[:] = [entry, *kept] if first else [*kept, entry]
@@ -80,22 +80,22 @@ def reader_names() -> tuple[str, ...]:
 
 def _check_path(path: Path) -> None:
     if not path.exists():
-        raise CervrtError(f"{path} does not exist")
+        raise SlideError(f"{path} does not exist")
     if path.is_file() and path.stat().st_size == 0:
-        raise CervrtError(f"{path} is empty")
+        raise SlideError(f"{path} is empty")
 
 
 def _check_mpp(value: float, what: str) -> float:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise CervrtError(f"{what} must be a positive number of microns per pixel, got {value!r}")
+        raise InputError(f"{what} must be a positive number of microns per pixel, got {value!r}")
     return float(value)
 
 
 def _refusal(path: Path) -> CervrtError:
     if path.is_dir():
-        return CervrtError(f"{path} is a directory no slide reader opens: give the slide file "
+        return SlideError(f"{path} is a directory no slide reader opens: give the slide file "
                            f"(readers: {', '.join(reader_names())})")
-    return CervrtError(f"{path} has an unsupported suffix {path.suffix or '(none)'}: "
+    return SlideError(f"{path} has an unsupported suffix {path.suffix or '(none)'}: "
                        f"supported are {', '.join(SUPPORTED_SUFFIXES)}")
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from cervrt._cv import cv2
 from cervrt._io import optional_import
-from cervrt.errors import CervrtError
+from cervrt.errors import CervrtError, InputError, SlideError
 from cervrt.imageio import read_rgb, to_rgb
 
 __all__ = ["COMPOUND_SUFFIXES", "ImageSlide", "OpenSlideSlide", "Slide", "TiffSlide"]
@@ -100,13 +100,13 @@ class Slide(abc.ABC):
     def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         """RGB uint8 (h, w, 3) of the window at (y, x), in processing-resolution pixels; white past the edges."""
         if h <= 0 or w <= 0:
-            raise CervrtError(f"a slide read needs a positive size, got {h}x{w}")
+            raise InputError(f"a slide read needs a positive size, got {h}x{w}")
         return self._read(int(y), int(x), int(h), int(w))
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         """The whole slide as RGB uint8, aspect kept, its longer side at most ``max_side`` pixels."""
         if max_side < 1:
-            raise CervrtError(f"a thumbnail needs max_side >= 1, got {max_side}")
+            raise InputError(f"a thumbnail needs max_side >= 1, got {max_side}")
         return self._thumbnail(*_thumb_size(self.width, self.height, int(max_side)))
 
     @abc.abstractmethod
@@ -151,7 +151,7 @@ class ImageSlide(Slide):
 
     def _pixels(self) -> np.ndarray:
         if self._image is None:
-            raise CervrtError(f"{self.path} is closed")
+            raise InputError(f"{self.path} is closed")
         return self._image
 
     def _read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
@@ -215,7 +215,7 @@ class _PyramidSlide(Slide):
             except CervrtError:
                 raise
             except Exception as exc:
-                raise CervrtError(f"cannot read {self.path} at level {level}, rows {y0}-{y1}: "
+                raise SlideError(f"cannot read {self.path} at level {level}, rows {y0}-{y1}: "
                                   f"the file is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
             out[y0 - y : y1 - y, x0 - x : x1 - x] = box
         return out
@@ -277,7 +277,7 @@ class TiffSlide(_PyramidSlide):
             raise
         except Exception as exc:
             self._close_file()
-            raise CervrtError(f"cannot read {path}: it is not a readable TIFF ({type(exc).__name__}: {exc})") from exc
+            raise SlideError(f"cannot read {path}: it is not a readable TIFF ({type(exc).__name__}: {exc})") from exc
         keyframe = series.keyframe
         self._photometric = int(keyframe.photometric)
         self._colormap = keyframe.colormap
@@ -293,7 +293,7 @@ class TiffSlide(_PyramidSlide):
             return False
         if axes in ("SYX", "CYX"):
             return True
-        raise CervrtError(f"{path} holds an image with axes {axes}: expected one 2-D greyscale or RGB image")
+        raise SlideError(f"{path} holds an image with axes {axes}: expected one 2-D greyscale or RGB image")
 
     def _read_box(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         z = self._levels[level]
@@ -328,9 +328,9 @@ class OpenSlideSlide(_PyramidSlide):
         try:
             self._osr = openslide.OpenSlide(str(path))
         except openslide.OpenSlideUnsupportedFormatError as exc:
-            raise CervrtError(f"cannot read {path}: OpenSlide does not recognise it (corrupt or not a slide)") from exc
+            raise SlideError(f"cannot read {path}: OpenSlide does not recognise it (corrupt or not a slide)") from exc
         except (openslide.OpenSlideError, OSError) as exc:
-            raise CervrtError(f"cannot read {path}: it is corrupt or truncated ({exc})") from exc
+            raise SlideError(f"cannot read {path}: it is corrupt or truncated ({exc})") from exc
         file_mpp = self._osr.properties.get(openslide.PROPERTY_NAME_MPP_X)
         super().__init__(path, target_mpp, mpp, sizes=[tuple(map(int, s)) for s in self._osr.level_dimensions],
                          downsamples=[float(d) for d in self._osr.level_downsamples],
@@ -338,7 +338,7 @@ class OpenSlideSlide(_PyramidSlide):
 
     def _read_box(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         if self._osr is None:
-            raise CervrtError(f"{self.path} is closed")
+            raise InputError(f"{self.path} is closed")
         d = self._downsamples[level]
         rgba = np.asarray(self._osr.read_region((round(x * d), round(y * d)), level, (w, h)))
         return to_rgb(rgba, self.path)

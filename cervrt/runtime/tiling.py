@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from cervrt.constants import GAUSSIAN_SIGMA_SCALE
-from cervrt.errors import CervrtError
+from cervrt.errors import InputError
 
 __all__ = ["BlendMode", "blend_weights", "check_tiling", "gaussian_weights", "window_starts"]
 
@@ -31,15 +31,15 @@ class BlendMode(str, enum.Enum):
             return cls(value)
         except ValueError:
             valid = ", ".join(m.value for m in cls)
-            raise CervrtError(f"unknown blend {value!r}: choose one of {valid}") from None
+            raise InputError(f"unknown blend {value!r}: choose one of {valid}") from None
 
 
 def check_tiling(patch: int, stride: int) -> None:
     """Raise CervrtError unless 0 < stride <= patch."""
     if patch <= 0:
-        raise CervrtError(f"patch size must be positive, got {patch}")
+        raise InputError(f"patch size must be positive, got {patch}")
     if not 0 < stride <= patch:
-        raise CervrtError(f"stride must be between 1 and the patch size {patch}, got {stride}")
+        raise InputError(f"stride must be between 1 and the patch size {patch}, got {stride}")
 
 
 def window_starts(length: int, patch: int, stride: int) -> list[int]:
@@ -73,7 +73,7 @@ def gaussian_weights(patch: int, sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> n
     """w(u, v) = g(u) g(v), g(u) = exp(-(u - (P-1)/2)^2 / (2 sigma^2)), sigma = sigma_scale * P,
     normalised to a maximum of 1 and floored at 1e-3; float32, read-only, shape (P, P)."""
     if sigma_scale <= 0:
-        raise CervrtError(f"sigma scale must be positive, got {sigma_scale}")
+        raise InputError(f"sigma scale must be positive, got {sigma_scale}")
     return _gaussian(int(patch), float(sigma_scale))
 
 
