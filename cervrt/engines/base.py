@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cervrt.devices import Device, parse_device
-from cervrt.errors import CervrtError, InputError
+from cervrt.errors import InputError, ModelError
 
 __all__ = [
     "MIN_SIDE",
@@ -133,7 +133,7 @@ class Engine(abc.ABC):
     def run(self, batch: np.ndarray) -> EngineOutput:
         """Probabilities of a float32 (n, 3, P, P) normalised batch (see the class docstring)."""
         if self._closed:
-            raise CervrtError(f"this {self.kind} engine is closed: open the model again")
+            raise InputError(f"this {self.kind} engine is closed: open the model again")
         batch = self._check_batch(batch)
         output = self._run(batch)
         return self._check_output(output, batch.shape)
@@ -142,22 +142,22 @@ class Engine(abc.ABC):
         accepted = {np.dtype(np.float32), self.input_dtype}
         names = " or ".join(sorted(d.name for d in accepted))
         if not isinstance(batch, np.ndarray) or batch.dtype not in accepted:
-            raise CervrtError(f"the batch must be a {names} numpy array (n, 3, H, W), got a {_describe(batch)}")
+            raise InputError(f"the batch must be a {names} numpy array (n, 3, H, W), got a {_describe(batch)}")
         if batch.ndim != 4 or batch.shape[1] != 3:
-            raise CervrtError(f"the batch must have shape (n, 3, H, W) with 3 RGB channels, got {batch.shape}")
+            raise InputError(f"the batch must have shape (n, 3, H, W) with 3 RGB channels, got {batch.shape}")
         n, _, height, width = batch.shape
         limit = f"1 to {self.max_batch}" if self.max_batch is not None else "at least 1"
         if n < 1 or (self.max_batch is not None and n > self.max_batch):
-            raise CervrtError(f"the batch holds {n} patches; this {self.kind} engine takes {limit}")
+            raise InputError(f"the batch holds {n} patches; this {self.kind} engine takes {limit}")
         self._check_size(height, width)
         return np.ascontiguousarray(batch, dtype=self.input_dtype)
 
     def _check_size(self, height: int, width: int) -> None:
         p = self.patch_size
         if self.fixed_size and (height, width) != (p, p):
-            raise CervrtError(f"this {self.kind} engine takes {p}x{p} patches (its profile), got {height}x{width}")
+            raise InputError(f"this {self.kind} engine takes {p}x{p} patches (its profile), got {height}x{width}")
         if min(height, width) < MIN_SIDE:
-            raise CervrtError(f"patches must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {height}x{width}")
+            raise InputError(f"patches must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {height}x{width}")
 
     def _check_output(self, output: EngineOutput, shape: tuple[int, ...]) -> EngineOutput:
         n, _, height, width = shape
@@ -165,7 +165,7 @@ class Engine(abc.ABC):
         probs = np.ascontiguousarray(output.probs, dtype=np.float32)
         if probs.shape != (n, c, height, width):
             expected = (n, c, height, width)
-            raise CervrtError(f"the model returned probabilities of shape {probs.shape}, expected {expected}; "
+            raise ModelError(f"the model returned probabilities of shape {probs.shape}, expected {expected}; "
                               "its metadata does not describe it (export it again)")
         class_probs = output.class_probs
         if class_probs is not None:
@@ -230,7 +230,7 @@ _REGISTRY: dict[str, EngineFactory | str] = {}
 
 def _check_suffix(suffix: object) -> str:
     if not isinstance(suffix, str) or not suffix.startswith(".") or len(suffix) < 2:
-        raise CervrtError(f"an engine suffix starts with a dot, like '.onnx', got {suffix!r}")
+        raise InputError(f"an engine suffix starts with a dot, like '.onnx', got {suffix!r}")
     return suffix.lower()
 
 
@@ -252,7 +252,7 @@ def register_backend(fmt: str, backend: str, factory: EngineFactory | str, *, su
     """
     checked = tuple(_check_suffix(suffix) for suffix in suffixes)
     if not fmt or not backend:
-        raise CervrtError(f"a backend needs a format and a name, got format {fmt!r} and backend {backend!r}")
+        raise InputError(f"a backend needs a format and a name, got format {fmt!r} and backend {backend!r}")
     entry = _Backend(factory, tuple(kind.lower() for kind in device_kinds))
     backends = {k: v for k, v in _BACKENDS.get(fmt, {}).items() if k != backend}
     _BACKENDS[fmt] = {backend: entry, **backends} if default else {**backends, backend: entry}
@@ -281,17 +281,17 @@ def _check_batch_size(batch_size: object) -> int | None:
     if batch_size is None:
         return None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-        raise CervrtError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     return int(batch_size)
 
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise CervrtError(f"{path} does not exist")
+        raise ModelError(f"{path} does not exist")
     if not path.is_file():
-        raise CervrtError(f"{path} is not a file")
+        raise ModelError(f"{path} is not a file")
     if path.stat().st_size == 0:
-        raise CervrtError(f"{path} is empty")
+        raise ModelError(f"{path} is empty")
 
 
 def _check_options(opener: EngineFactory, options: dict[str, Any], path: Path) -> None:
@@ -321,13 +321,13 @@ def _choose(path: Path, backend: str | None) -> tuple[EngineFactory | str, tuple
         return _REGISTRY[suffix], ()
     fmt = _FORMATS.get(suffix)
     if fmt is None:
-        raise CervrtError(f"{path}: unknown model type {path.suffix or '(no suffix)'!r}; cervrt opens "
+        raise InputError(f"{path}: unknown model type {path.suffix or '(no suffix)'!r}; cervrt opens "
                           f"{', '.join(engine_suffixes())}")
     backends = _BACKENDS.get(fmt, {})
     name = backend if backend is not None else next(iter(backends), None)
     if name not in backends:
         valid = ", ".join(backends) or "none registered"
-        raise CervrtError(f"unknown backend {backend!r} for {fmt} models ({path.name}): use one of {valid}")
+        raise InputError(f"unknown backend {backend!r} for {fmt} models ({path.name}): use one of {valid}")
     return backends[name].factory, backends[name].device_kinds
 
 
