@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cervrt.errors import CervrtError
+from cervrt.errors import SlideError
 
 __all__ = ["CACHE_TILE_ROWS", "MAX_CHUNK_BYTES", "TiledLevel", "check_complete", "level_reader", "tiff_mpp"]
 
@@ -73,7 +73,7 @@ def check_complete(series: Any, path: Path) -> None:
         for page in level.pages:
             ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=True) if c]
             if ends and max(ends) > size:
-                raise CervrtError(f"{path} is truncated: its image data runs past the end of the file")
+                raise SlideError(f"{path} is truncated: its image data runs past the end of the file")
 
 
 class RawLevel:
@@ -95,7 +95,7 @@ class RawLevel:
             for i, row in enumerate(range(rows.start, rows.stop)):
                 self._file.seek(self._offset + row * row_bytes + cols.start * self._pixel)
                 if self._file.readinto(memoryview(out[i]).cast("B")) != out[i].nbytes:
-                    raise CervrtError(f"{self._file.name} is truncated: row {row} runs past the end of the file")
+                    raise SlideError(f"{self._file.name} is truncated: row {row} runs past the end of the file")
         return out
 
     def close(self) -> None:
@@ -169,7 +169,7 @@ class TiledLevel:
             tile = np.asarray(segment).reshape(shape)
         except Exception as exc:
             what = " ".join(f"{type(exc).__name__}: {exc}".split())
-            raise CervrtError(f"cannot decode {self._path}: the tile at level {self._level} tile row {r}, column {c} "
+            raise SlideError(f"cannot decode {self._path}: the tile at level {self._level} tile row {r}, column {c} "
                               f"(pixels y {r * self._th}-{(r + 1) * self._th - 1}, x {c * self._tw}-"
                               f"{(c + 1) * self._tw - 1}) is corrupt ({what})") from exc
         self.decoded += 1
@@ -220,6 +220,6 @@ def level_reader(tif: Any, series: Any, level: int, path: Path) -> Any:
         return tiled
     chunk = int(np.prod(page.chunks)) * np.dtype(page.dtype).itemsize
     if chunk > MAX_CHUNK_BYTES:
-        raise CervrtError(f"{path} stores its image in {chunk / 2**20:.0f} MB compressed strips that every read "
+        raise SlideError(f"{path} stores its image in {chunk / 2**20:.0f} MB compressed strips that every read "
                           "would decode whole: save it as a tiled TIFF (e.g. vips tiffsave --tile --pyramid)")
     return zarr.open_array(series.aszarr(level=level), mode="r")
