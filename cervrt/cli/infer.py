@@ -41,6 +41,9 @@ def _b(name: str) -> object:
 @click.option("--blend", default=_p("blend"), show_default=True, type=click.Choice(values(Blend)))
 @click.option("--batch-size", default=_p("batch_size"), show_default=True, type=click.IntRange(1))
 @click.option("--device", default=_p("device"), show_default=True, help=", ".join(DEVICE_CHOICES) + ".")
+@click.option("--backend", default=_p("backend"), show_default=True,
+              help="Which backend runs an .onnx model: auto (ONNX Runtime), onnxruntime or openvino (CPU).")
+@click.option("--bf16", is_flag=True, help="With --backend openvino: BF16 inference precision (AVX-512 BF16 or AMX).")
 @click.option("--mpp", default=_p("mpp"), type=click.FloatRange(min=0, min_open=True),
               help="Microns per pixel of the slides (overrides the file's; needed for PNG/JPEG at another scale).")
 @click.option("--tissue-threshold", default=_p("tissue_threshold"), show_default=True, type=click.FloatRange(0, 1),
@@ -70,7 +73,8 @@ def _b(name: str) -> object:
               type=click.Choice(PROGRESS_MODES), help="Progress on stderr (auto: a bar on a terminal, else lines).")
 @click.option("--dry-run", is_flag=True, help="Plan every slide and estimate the time; write nothing.")
 def infer(slides: tuple[str, ...], manifest: str | None, recursive: bool, model: str, out: str, stride: int | None,
-          blend: str, batch_size: int, device: str, mpp: float | None, tissue_threshold: float, geojson: bool,
+          blend: str, batch_size: int, device: str, backend: str, bf16: bool, mpp: float | None,
+          tissue_threshold: float, geojson: bool,
           geojson_simplify: float | None, geojson_gz: bool, require_mpp: bool, fmt: tuple[str, ...],
           workers: int | None, ray_address: str | None, gpus_per_worker: float,
           cpus_per_worker: int | None, shard: str | None, overwrite: bool, min_area: float, progress_mode: str,
@@ -87,7 +91,7 @@ def infer(slides: tuple[str, ...], manifest: str | None, recursive: bool, model:
     from cervrt.runtime.inputs import collect_inputs, parse_shard
 
     config = PredictorConfig(device=device, batch_size=batch_size, stride=stride, blend=blend,
-                             tissue_threshold=tissue_threshold, mpp=mpp)
+                             tissue_threshold=tissue_threshold, mpp=mpp, backend=backend, bf16=bf16)
     options = BatchOptions(workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
                            cpus_per_worker=cpus_per_worker, shard=parse_shard(shard) if shard else None,
                            overwrite=overwrite, min_area=min_area, progress=progress_mode)

@@ -153,3 +153,29 @@ def test_predictor_runs_on_openvino_and_agrees_with_onnxruntime(tiny_onnx):
     np.testing.assert_allclose(probs, expected, atol=1e-4)
     with pytest.raises(CervrtError, match="backend must be a name"):
         PredictorConfig(backend="")
+
+
+def _cervrt(*args: str):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "cervrt", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cervrt_infer_backend_openvino_reports_what_ran(tmp_path):
+    import json
+
+    from cervrt.imageio import write_png
+    from tests.support.tiny_onnx import save_tiny_model, slide_image
+
+    model = save_tiny_model(tmp_path / "tiny.onnx")
+    write_png(tmp_path / "slide.png", slide_image(np.random.default_rng(0), 160, 200, (20, 30, 100, 120)))
+    result = _cervrt("infer", str(tmp_path / "slide.png"), "--engine", str(model), "--out", str(tmp_path / "out"),
+                     "--backend", "openvino", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "slide.json").read_text())
+    text = json.dumps(report)
+    assert '"engine": "openvino"' in text and "OpenVINO CPU (f32)" in text, text[:2000]
+    refused = _cervrt("infer", str(tmp_path / "slide.png"), "--engine", str(model), "--out", str(tmp_path / "out2"),
+                      "--bf16")
+    assert refused.returncode == 1 and "add --backend openvino" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "out2" / "slide.json").exists()
