@@ -216,9 +216,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = []
     with tempfile.TemporaryDirectory(prefix="cervrt-fastpath-") as tmp:
         results.append(_model("hspnet-resnet34", args.checkpoint, True, args, Path(tmp)))
+        print(_markdown(results[-1:], {**info, "load_after": _load()}, args), flush=True)
+        patch = results[0]["patch_size"]  # the untrained ones calibrate and hold out at the trained model's patch
         for name in args.untrained:
             arch, encoder = _UNTRAINED[name]
-            results.append(_model(name, _untrained_checkpoint(arch, encoder, 400, Path(tmp)), False, args, Path(tmp)))
+            checkpoint = _untrained_checkpoint(arch, encoder, patch, Path(tmp))
+            results.append(_model(name, checkpoint, False, args, Path(tmp)))
+            print(_markdown(results[-1:], {**info, "load_after": _load()}, args), flush=True)
     info["load_after"] = _load()
     report = {"machine": info, "settings": {k: str(v) for k, v in vars(args).items()}, "results": results}
     text = _markdown(results, info, args)
