@@ -87,6 +87,11 @@ class RawLevel:
         self._file = open(path, "rb")
         self._lock = threading.Lock()
 
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of decoded tiles held now (at most ``cache_bytes``, or one tile when that is larger)."""
+        return self._cached
+
     def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
         rows, cols = index
         out = np.empty((rows.stop - rows.start, cols.stop - cols.start, *self.shape[2:]), self._dtype)
@@ -123,9 +128,15 @@ class TiledLevel:
         self._file_lock = threading.Lock()
         self.decoded = 0  #: tiles decoded so far (each once while the cache holds it)
 
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of decoded tiles held now (at most ``cache_bytes``, or one tile when that is larger)."""
+        return self._cached
+
     def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
         rows, cols = index
-        y0, y1, x0, x1 = rows.start, rows.stop, cols.start, cols.stop
+        y0, x0 = rows.start or 0, cols.start or 0
+        y1, x1 = min(rows.stop, self.shape[0]), min(cols.stop, self.shape[1])  # clipped at the edges, as zarr does
         th, tw = self._th, self._tw
         out = np.empty((y1 - y0, x1 - x0, *self.shape[2:]), self.dtype)
         for r in range(y0 // th, (y1 - 1) // th + 1):

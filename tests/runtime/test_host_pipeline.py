@@ -250,3 +250,18 @@ def test_a_corrupt_tile_mid_slide_stops_it_with_its_position_and_leaves_nothing(
     assert "level 0 tile row 3, column 2" in message and "pixels y 192-255, x 128-191" in message
     assert list(out.iterdir()) == []  # no mask, overlay, report or temporary file
     assert _pipeline_threads() == []
+
+
+def test_the_tile_cache_stays_within_three_tile_rows(tmp_path):
+    image = tissue_image(np.random.default_rng(11), 512, 384)
+    path = _pyramid_tiff(tmp_path / "slide.tif", image, compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        level = TiledLevel(tif.pages[0], path, 0)
+        try:
+            assert level.cache_bytes == 3 * 6 * 64 * 64 * 3  # three rows of six 64 px RGB tiles
+            for y in range(0, 512, 16):  # bands moving down, as the sliding window reads them
+                np.testing.assert_array_equal(level[y : y + 80, 0:384], image[y : y + 80])
+                assert level.cached_bytes <= level.cache_bytes
+            assert level.decoded == 8 * 6  # each tile once
+        finally:
+            level.close()
