@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cervrt.cancel import CancelToken
 from cervrt.constants import CLASS_NAMES, PALETTE
 from cervrt.errors import CervrtError
 
 __version__ = "0.1.0"
 
-__all__ = ["CLASS_NAMES", "PALETTE", "CervrtError", "Predictor", "__version__", "create_model", "list_models"]
+__all__ = ["CLASS_NAMES", "PALETTE", "CancelToken", "CervrtError", "Predictor", "__version__", "create_model",
+           "list_models"]
 
 if TYPE_CHECKING:
     from cervrt.models import create_model, list_models
