@@ -2,10 +2,12 @@
 
     with Predictor("hspnet.onnx", device="cpu") as predictor:
         labels = predictor.predict(rgb)                          # (H, W) uint8, 0 background .. 4 CIN 3
+        labels = predictor.predict(rgb, mpp=0.25, cancel=event)  # at 0.25 um/px; event.set() stops it
+        region = predictor.predict_region("slide.svs", x, y, 2000, 2000)  # level-0 pixels, labels on that grid
         result = predictor.predict_slide("slide.svs", "out/")    # out/slide.mask.png, .overlay.jpg, .json
 
-The work runs in short stages (STYLE rule 9), each timed: plan the windows (``window_starts``, SPEC
-"Sliding window and fusion"), drop those on glass (``TissueMap.fraction`` under ``tissue_threshold``:
+The work runs in short stages, each timed: plan the windows (``window_starts``: 0, stride, 2 stride,
+... and a last window flush with the image's end), drop those on glass (``TissueMap.fraction`` under ``tissue_threshold``:
 not run, counted as skipped, left background), read the slide a band of rows at a time, gather the
 patches into one reused float32 batch with the normalisation fused, run the engine, apply the
 classification gate (models whose metadata has ``gate_epsilon`` and which return ``class_probs``),
