@@ -12,8 +12,9 @@ and OpenMP (the C fusion) as many, so that workers do not oversubscribe the core
 
 Faults: a slide that fails (a CervrtError, an OSError) is an outcome like any other. A worker that
 dies (a reader's segfault, the OOM killer, ``kill -9``) loses only the slide it was running: what that
-slide had written is removed, a fresh worker replaces the dead one, and the slide is retried once
-(``retries``) before it is recorded as failed. Ctrl-C (KeyboardInterrupt) kills the workers, removes
+slide had written is removed, a fresh worker is started in its place (without holding up the others),
+and the slide is retried once (``retries``) on the next free worker, a live one or the fresh one,
+before it is recorded as failed. Ctrl-C (KeyboardInterrupt) kills the workers, removes
 the outputs of the slides they were running and stops the cluster if this runner started it.
 
 ``ray`` is an extra (``pip install "cervrt[ray]"``), imported when a RayRunner runs.
@@ -68,12 +69,17 @@ def _check_address(address: str, timeout: float = 5.0) -> None:
                           "`ray start --head` or leave --ray-address out for a local one") from None
 
 
+#: The local cluster's object store: only reports (small dicts) travel through it, never pixels.
+_OBJECT_STORE_BYTES = 128 << 20
+
+
 @contextlib.contextmanager
 def local_cluster(num_cpus: int, num_gpus: int | None = None) -> Iterator[Any]:
-    """A local Ray cluster of ``num_cpus`` CPUs for the block (quiet: no dashboard, no worker logs)."""
+    """A local Ray cluster of ``num_cpus`` CPUs for the block (quiet: no dashboard, no worker logs, a small
+    object store)."""
     ray = import_ray()
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR, configure_logging=False)
+             logging_level=logging.ERROR, configure_logging=False, object_store_memory=_OBJECT_STORE_BYTES)
     try:
         yield ray
     finally:
@@ -160,7 +166,7 @@ class RayRunner(SlideRunner):
 
     ``cpus_per_worker`` (default: the machine's cores shared out, at least 1) is each worker's Ray CPU
     share and its thread count; ``gpus_per_worker`` its GPU share (1: one engine per GPU). A dead
-    worker's slide is retried ``retries`` times on a fresh worker. ``on_event(kind, job, pid)`` hears
+    worker's slide is retried ``retries`` times on another worker. ``on_event(kind, job, pid)`` hears
     ``"started"`` and ``"died"``; ``workers_info`` maps each worker's pid to its latest ``info()``.
     """
 
@@ -201,30 +207,36 @@ class _Pool:
             num_cpus=threads, num_gpus=runner.gpus_per_worker, max_restarts=0, max_task_retries=0,
             runtime_env={"env_vars": env})
         self.pids: dict[Any, int] = {}
+        self.actors: list[Any] = []  # every worker started, for _stop
 
-    def _start(self, count: int) -> list[Any]:
-        """``count`` new workers, up and with the engine open (a model that cannot open raises here)."""
+    def _launch(self, count: int) -> dict[Any, Any]:
+        """Start ``count`` workers: ``{ref of its info(): actor}`` (ready when the ref is)."""
+        actors = [self.actor_class.remote(self.model, self.config, self.runner.cpus_per_worker) for _ in range(count)]
+        self.actors += actors
+        return {actor.info.remote(): actor for actor in actors}
+
+    def _ready(self, ref: Any, actor: Any) -> Any:
+        """The started worker, its engine open; a model that cannot open (or a worker that cannot start) raises."""
         from ray.exceptions import RayError
 
-        actors = [self.actor_class.remote(self.model, self.config, self.runner.cpus_per_worker) for _ in range(count)]
         try:
-            infos = self.ray.get([a.info.remote() for a in actors])
+            info = self.ray.get(ref)
         except RayError as exc:
-            raise CervrtError(f"the Ray slide workers could not start: {_first_line(exc)}") from None
-        for actor, info in zip(actors, infos, strict=True):
-            if info["error"]:
-                raise CervrtError(info["error"])
-            self.runner.workers_info[info["pid"]] = info
-            self.pids[actor] = info["pid"]
-        return actors
+            raise CervrtError(f"a Ray slide worker could not start: {_first_line(exc)}") from None
+        if info["error"]:
+            raise CervrtError(info["error"])
+        self.runner.workers_info[info["pid"]] = info
+        self.pids[actor] = info["pid"]
+        return actor
 
     def run(self, jobs: list[SlideJob], outputs: OutputOptions) -> Iterator[SlideOutcome]:
         from ray.exceptions import RayTaskError
 
         queue = deque((job, 0) for job in jobs)
-        idle = self._start(self.runner.workers)
         inflight: dict[Any, tuple[Any, SlideJob, int]] = {}
         try:
+            idle = [self._ready(ref, actor) for ref, actor in self._launch(self.runner.workers).items()]
+            starting: dict[Any, Any] = {}  # replacements of dead workers, not up yet
             while queue or inflight:
                 while idle and queue:
                     job, tries = queue.popleft()
@@ -235,9 +247,12 @@ class _Pool:
                     ref = actor.run.remote(_absolute(job), outputs)
                     inflight[ref] = (actor, job, tries)
                     self.runner._emit("started", job, self.pids[actor])
-                if not inflight:
+                if not inflight and not starting:
                     continue
-                [ref], _ = self.ray.wait(list(inflight), num_returns=1)
+                [ref], _ = self.ray.wait([*inflight, *starting], num_returns=1)
+                if ref in starting:
+                    idle.append(self._ready(ref, starting.pop(ref)))
+                    continue
                 actor, job, tries = inflight.pop(ref)
                 try:
                     outcome, info = self.ray.get(ref)
@@ -245,7 +260,7 @@ class _Pool:
                 except _died() as exc:
                     self.runner._emit("died", job, self.pids.pop(actor, 0))
                     _remove_outputs(job, outputs)
-                    idle.extend(self._start(1))
+                    starting |= self._launch(1)  # the retry may go to a live worker before the new one is up
                     if tries < self.runner.retries:
                         queue.appendleft((job, tries + 1))
                         continue
@@ -258,7 +273,7 @@ class _Pool:
                     idle.append(actor)
                 yield SlideOutcome(job, outcome.result, outcome.message)
         finally:
-            self._stop(list(self.pids), inflight, outputs)
+            self._stop(self.actors, inflight, outputs)
 
     def _stop(self, actors: list[Any], inflight: dict[Any, tuple[Any, SlideJob, int]], outputs: OutputOptions) -> None:
         """Kill the workers; the slides still running lose what they had written."""
