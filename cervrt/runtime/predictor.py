@@ -6,14 +6,14 @@
         region = predictor.predict_region("slide.svs", x, y, 2000, 2000)  # level-0 pixels, labels on that grid
         result = predictor.predict_slide("slide.svs", "out/")    # out/slide.mask.png, .overlay.jpg, .json
 
-The work runs in short stages, each timed: plan the windows (``window_starts``: 0, stride, 2 stride,
-... and a last window flush with the image's end), drop those on glass (``TissueMap.fraction``
-under ``tissue_threshold``: not run, counted as skipped, left background), read the slide a band of rows at a time, gather the
-patches into one reused float32 batch with the normalisation fused, run the engine, apply the
-classification gate (models whose metadata has ``gate_epsilon`` and which return ``class_probs``),
-fuse into a band of rows (``BandStitcher``) and write the finished label rows. A slide is never held
-whole: the reader keeps ``patch`` rows of the windows' span, the stitcher ``(classes + 1) x (patch +
-stride)`` float32 rows; memory is bounded by classes x patch x slide width.
+The work runs in short stages, each timed: plan the windows (``window_starts``: 0, stride, 2 stride, ...
+and a last window flush with the image's end), drop those on glass (``TissueMap.fraction`` under
+``tissue_threshold``: not run, counted as skipped, left background), read the slide a band of rows at a
+time, gather the patches into one reused float32 batch with the normalisation fused, run the engine,
+apply the classification gate (models whose metadata has ``gate_epsilon`` and which return
+``class_probs``), fuse into a band of rows (``BandStitcher``) and write the finished label rows. A slide
+is never held whole: the reader keeps ``patch`` rows of the windows' span, the stitcher ``(classes + 1)
+x (patch + stride)`` float32 rows; memory is bounded by classes x patch x slide width.
 
 Threads: one Predictor may be shared by threads. Each call has its own batch buffer, stitcher and
 writers; the only shared state is the engine, whose ``run`` is serialised by a lock when the engine
