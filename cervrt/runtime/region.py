@@ -1,7 +1,7 @@
 """Regions of a slide and images at another resolution: the geometry behind ``Predictor.predict_region``
 and ``Predictor.predict(image, mpp=...)``.
 
-A region is asked for in a *request grid*: level-0 pixels of the slide (``level=0``, the SPEC's one
+A region is asked for in a *request grid*: level-0 pixels of the slide (``level=0``, the one
 grid), the pixels of pyramid level N (``level=N``), or pixels of ``mpp`` microns (``mpp=...``). The
 Predictor works at the model's resolution (*processing pixels*: level-0 pixels divided by the slide's
 ``downsample``). :func:`plan_region` turns a request into the processing box of the region and the
