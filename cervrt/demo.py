@@ -2,7 +2,8 @@
 
 Synthesise a small MTCHI-layout dataset and a separate test set, train HSP-Net ResNet-34 within a
 time budget, evaluate it on the test set beside the majority-class baseline, export it to ONNX FP32
-and FP16 with their parity figures, and say where the files went.
+and FP16 with their parity figures and to INT8 (its agreement and speed ratio beside FP32), and say
+where the files went.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def export_demo_model(checkpoint: Path, out_dir: Path, echo: Callable[[str], Non
 def run_demo(out: str | os.PathLike[str], minutes: float = 2.0, seed: int = 0,
              echo: Callable[[str], None] = print) -> dict:
     """Run synth -> train -> evaluate under ``out``; returns the summary also written to ``out/demo.json``."""
+    from cervrt.demo_fastpath import demo_int8
     from cervrt.demo_infer import demo_inference
     from cervrt.synth import write_dataset
     from cervrt.train.evaluate import evaluate_checkpoint
@@ -104,6 +106,8 @@ def run_demo(out: str | os.PathLike[str], minutes: float = 2.0, seed: int = 0,
          f"miou {baseline['miou']:.4f}  ap {baseline['ap']:.4f}  wp {baseline['wp']:.4f}")
     echo("[4/5] exporting best.pt to ONNX FP32 and FP16, each checked by ONNX Runtime")
     exported = export_demo_model(result.out / "best.pt", root, echo=echo)
+    echo("  INT8 (static QDQ, calibrated on the training images' tissue, gated on 99% agreement with FP32)")
+    exported["int8"] = demo_int8(result.out / "best.pt", Path(exported["fp32"]), root / "data", root, echo=echo)
     echo("[5/5] cervrt infer with the FP32 ONNX model on a synthetic slide with ground truth")
     inference = demo_inference(exported["fp32"], root / "infer", seed=seed + 2000, echo=echo)
     summary = {"settings": s, "train_minutes": result.seconds / 60, "epochs_run": result.epochs_run,
