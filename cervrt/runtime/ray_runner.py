@@ -104,33 +104,15 @@ def _cluster(address: str | None, num_cpus: int) -> Iterator[Any]:
         yield ray
 
 
-def _thread_limited_onnx(model: Path, config: PredictorConfig, threads: int) -> Any:
-    """An ONNX Runtime engine whose session runs ``threads`` intra-op threads (its default is every core)."""
-    from cervrt.engines.onnxruntime import OnnxRuntimeEngine
-
-    class _Limited(OnnxRuntimeEngine):
-        def _create_session(self, ort: Any, providers: list[Any]) -> Any:
-            class _Ort:  # ORT whose SessionOptions come with the thread count set
-                def __getattr__(self, name: str) -> Any:
-                    return getattr(ort, name)
-
-                @staticmethod
-                def SessionOptions() -> Any:
-                    options = ort.SessionOptions()
-                    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-                    return options
-
-            return super()._create_session(_Ort(), providers)
-
-    return _Limited(model, config.device, config.batch_size)
-
-
 def _open_engine(model: Path, config: PredictorConfig, threads: int | None) -> Any:
+    """The worker's engine; ONNX Runtime gets ``threads`` intra-op threads (its default is every core)."""
     from cervrt.engines import open_engine
 
-    if threads and model.suffix.lower() == ".onnx" and getattr(config, "backend", None) in (None, "onnxruntime"):
-        return _thread_limited_onnx(model, config, threads)
-    return open_engine(model, device=config.device, batch_size=config.batch_size)
+    options = dict(config.engine_options())
+    if threads and model.suffix.lower() == ".onnx" and config.backend in ("auto", "onnxruntime"):
+        options["threads"] = threads
+    return open_engine(model, device=config.device, batch_size=config.batch_size, backend=config.backend,
+                       options=options)
 
 
 class SlideWorker:
@@ -151,10 +133,12 @@ class SlideWorker:
             self._error = str(exc)
 
     def info(self) -> dict[str, Any]:
-        """pid, peak resident memory (MiB), the engine's provider, and the error opening the model (or "")."""
+        """pid, peak resident memory (MiB), the engine's provider and CPU threads, and the error opening the
+        model (or "")."""
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        provider = getattr(getattr(self._predictor, "engine", None), "provider", "")
-        return {"pid": os.getpid(), "max_rss_mib": round(rss, 1), "provider": provider, "error": self._error}
+        engine = getattr(self._predictor, "engine", None)
+        return {"pid": os.getpid(), "max_rss_mib": round(rss, 1), "provider": getattr(engine, "provider", ""),
+                "threads": getattr(engine, "threads", None), "error": self._error}
 
     def run(self, job: SlideJob, outputs: OutputOptions) -> tuple[SlideOutcome, dict[str, Any]]:
         """The job's outcome, and ``info()`` after it (the worker's peak memory so far)."""

@@ -74,8 +74,9 @@ def test_masks_equal_the_serial_run(cluster, model, slides, tmp_path):
     assert not serial.failed and not ray_run.failed and len(ray_run.results) == 2
     for result in serial.results:
         assert np.array_equal(_mask(result.paths["mask"]), _mask(tmp_path / "ray" / f"{result.name}.mask.png"))
-    assert len(runner.workers_info) == 2 and all(info["provider"] == "CPUExecutionProvider"
-                                                 for info in runner.workers_info.values())
+    assert len(runner.workers_info) == 2
+    assert all(info["provider"] == "CPUExecutionProvider" and info["threads"] == 1  # 1 CPU each: 1 ORT thread
+               for info in runner.workers_info.values())
     assert os.getpid() not in runner.workers_info  # two worker processes, not this one
 
 
