@@ -71,7 +71,8 @@ class BenchConfig:
 
     ``models`` are artifact paths (empty: build an untrained HSP-Net ResNet-34 and export it to FP32
     and FP16 ONNX, see ``cervrt.bench.models``); ``batch_sizes`` the timed batch sizes; ``out`` the
-    report directory; ``device`` what the engines run on ("auto", "cpu", "cuda[:N]").
+    report directory; ``device`` what the engines run on ("auto", "cpu", "cuda[:N]"); ``backend`` which
+    backend runs the ``.onnx`` models ("auto": ONNX Runtime, "onnxruntime", "openvino").
     """
 
     out: Path
@@ -80,6 +81,7 @@ class BenchConfig:
     quick: bool = False
     device: str = "auto"
     settings: BenchSettings = field(default=FULL)
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.out is None:

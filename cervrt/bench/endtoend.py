@@ -75,12 +75,13 @@ def _summarise(reports: list[dict[str, Any]], wall: float, peak: dict[str, Any])
             "fusion": reports[0].get("fusion"), "batch_size": reports[0]["settings"]["batch_size"], **peak}
 
 
-def run_slides(model: Path, slides: list[SynthSlide], out_dir: Path, device: str, batch_size: int) -> SlideRun:
-    """Every slide through a Predictor on ``model``; seconds per stage summed, labels read back."""
+def run_slides(model: Path, slides: list[SynthSlide], out_dir: Path, device: str, batch_size: int,
+               backend: str = "auto") -> SlideRun:
+    """Every slide through a Predictor on ``model`` (run by ``backend``); seconds per stage summed, labels read back."""
     from cervrt.runtime.predictor import Predictor
 
     reports, labels = [], []
-    with PeakMemory() as peak, Predictor(model, device=device, batch_size=batch_size) as predictor:
+    with PeakMemory() as peak, Predictor(model, device=device, batch_size=batch_size, backend=backend) as predictor:
         start = time.perf_counter()
         for slide in slides:
             result = predictor.predict_slide(slide.path, out_dir)

@@ -50,14 +50,17 @@ class _Run:
         key = path.resolve()
         if key not in self.labels:
             out = self.config.out / "runs" / tag
-            self.labels[key] = run_slides(path, self.slides, out, self.config.device, max(self.config.batch_sizes))
+            backend = self.config.backend if path.suffix.lower() == ".onnx" else "auto"
+            self.labels[key] = run_slides(path, self.slides, out, self.config.device, max(self.config.batch_sizes),
+                                          backend)
         return self.labels[key]
 
     def latency(self, path: Path) -> dict[str, Any]:
         from cervrt.engines import open_engine
 
         settings = self.config.settings
-        with PeakMemory() as peak, open_engine(path, device=self.config.device) as engine:
+        backend = self.config.backend if path.suffix.lower() == ".onnx" else None
+        with PeakMemory() as peak, open_engine(path, device=self.config.device, backend=backend) as engine:
             row = {"engine": engine.kind, "provider": engine.provider, "precision": engine.precision,
                    "device": engine.device, "fallback": getattr(engine, "fallback", None),
                    "num_classes": len(engine.class_names), **complexity(path, engine.metadata), "latency": []}
@@ -135,7 +138,8 @@ def run_bench(config: BenchConfig, echo: Echo | None = None) -> dict[str, Any]:
     rows = _measure(run, _ordered(models))
     machine["load_avg_end"] = machine_info()["load_avg"]
     report = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine,
-              "settings": {**asdict(settings), "batch_sizes": list(config.batch_sizes), "device": config.device},
+              "settings": {**asdict(settings), "batch_sizes": list(config.batch_sizes), "device": config.device,
+                           "backend": config.backend},
               "note": note, "shared_machine": SHARED_NOTE, "models": rows}
     write_report(report, out)
     return report

@@ -30,10 +30,12 @@ def _size(settings: object) -> str:
                    "on a 2-core CPU.")
 @click.option("--device", default=default(BenchConfig, "device"), show_default=True,
               help=", ".join(DEVICE_CHOICES) + ".")
+@click.option("--backend", default=default(BenchConfig, "backend"), show_default=True,
+              help="Which backend runs the .onnx models: auto (ONNX Runtime), onnxruntime or openvino (CPU).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Report directory.")
 @click.option("--paper", is_flag=True, help="Only print the papers' parameter and FLOP figures beside cervrt's.")
 def bench(more_models: tuple[str, ...], models: tuple[str, ...], batch_sizes: str, quick: bool, device: str,
-          out: str | None, paper: bool) -> None:
+          backend: str, out: str | None, paper: bool) -> None:
     """Measure FLOPs, latency, throughput, memory and accuracy of models side by side on this machine.
 
     Writes OUT/report.json, OUT/report.md and PNG plots (throughput vs MACs, accuracy vs
@@ -50,7 +52,8 @@ def bench(more_models: tuple[str, ...], models: tuple[str, ...], batch_sizes: st
         sizes = parse_batch_sizes(batch_sizes)
     except CervrtError as exc:  # the library names its argument; the user typed the flag
         raise CervrtError(f"--{str(exc).replace('_', '-', 1)}") from None
-    config = BenchConfig(out=out, models=models + more_models, batch_sizes=sizes, quick=quick, device=device)
+    config = BenchConfig(out=out, models=models + more_models, batch_sizes=sizes, quick=quick, device=device,
+                         backend=backend)
     report = run_bench(config, echo=click.echo)
     click.echo(format_report(report))
     failed = [row for row in report["models"] if "error" in row]

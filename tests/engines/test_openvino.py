@@ -179,3 +179,17 @@ def test_cervrt_infer_backend_openvino_reports_what_ran(tmp_path):
                       "--bf16")
     assert refused.returncode == 1 and "add --backend openvino" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "out2" / "slide.json").exists()
+
+
+def test_bench_backend_openvino_times_and_runs_the_onnx_model_on_openvino(tmp_path):
+    from cervrt.bench import run_bench
+    from cervrt.bench.config import BenchConfig
+    from tests.support.tiny_onnx import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny.onnx")
+    report = run_bench(BenchConfig(out=tmp_path / "report", models=(model,), batch_sizes=(1,), quick=True,
+                                   device="cpu", backend="openvino"))
+    (row,) = report["models"]
+    assert "error" not in row, row.get("error")
+    assert (row["engine"], row["provider"], row["precision"]) == ("openvino", "OpenVINO CPU (f32)", "fp32")
+    assert report["settings"]["backend"] == "openvino" and row["accuracy"] is not None
