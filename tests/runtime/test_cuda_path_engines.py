@@ -150,3 +150,23 @@ def test_the_torch_engine_on_cuda_runs_the_whole_image_on_the_gpu(tmp_path):
     with Predictor(checkpoint, device="cuda", fusion="numpy", **settings) as host:
         expected = host.predict(image)
     assert (labels == expected).mean() > 0.999  # the same engine; ties and cuDNN's algorithm choice aside
+
+
+@pytest.mark.gpu
+def test_cervrt_infer_with_a_checkpoint_on_cuda_runs_the_slide_on_the_gpu(tmp_path):
+    import json
+    import subprocess
+
+    pytest.importorskip("torch")
+    from tests.support.tiny_models import save_tiny_checkpoint
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "hspnet.pt")
+    slide = tmp_path / "slide.tiff"
+    tifffile.imwrite(slide, _image(12, 320, 288), photometric="rgb", resolution=(1e4 / 0.904, 1e4 / 0.904),
+                     resolutionunit="CENTIMETER")
+    done = subprocess.run([sys.executable, "-m", "cervrt", "infer", "--engine", str(checkpoint), str(slide),
+                           "--out", str(tmp_path / "out"), "--device", "cuda"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(next((tmp_path / "out").rglob("slide.json")).read_text())
+    assert report["engine"] == "torch" and report["fusion"] == "cuda" and report["fallback"] is None
