@@ -1,4 +1,4 @@
-"""What a slide run writes: the label mask, a label thumbnail, the overlay JPEG and QuPath GeoJSON.
+"""What a slide run writes: the label mask, a label thumbnail and the overlay JPEG (GeoJSON: runtime/geojson.py).
 
 Every file is written atomically (a temporary name beside the target, renamed when complete; removed
 on an error or Ctrl-C), so a failed run never leaves half a file.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import json
 import math
 import os
 import tempfile
@@ -47,7 +46,6 @@ __all__ = [
     "output_format",
     "output_formats",
     "register_output",
-    "write_geojson",
     "write_overlay",
 ]
 
@@ -412,61 +410,3 @@ def write_overlay(path: str | os.PathLike[str], thumbnail_rgb: np.ndarray, label
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
             raise CervrtError(f"OpenCV could not write {path}")
-
-
-# --- GeoJSON -----------------------------------------------------------------------------------
-
-
-def _ring(contour: np.ndarray, downsample: float) -> list[list[float]] | None:
-    """A closed ring in level-0 pixels through the label-pixel centres, or None if degenerate."""
-    points = contour.reshape(-1, 2)
-    if len(points) < 3:
-        return None
-    ring = [[round((x + 0.5) * downsample, 1), round((y + 0.5) * downsample, 1)] for x, y in points.tolist()]
-    return [*ring, ring[0]]
-
-
-def _polygons(mask: np.ndarray, downsample: float) -> list[list[list[list[float]]]]:
-    """Polygons (exterior ring, then holes) of a binary mask; RETR_CCOMP gives outer and hole contours."""
-    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is None:
-        return []
-    links = hierarchy[0]  # next, previous, first child, parent
-    polygons = []
-    for i, contour in enumerate(contours):
-        if links[i][3] != -1 or (exterior := _ring(contour, downsample)) is None:
-            continue
-        rings, child = [exterior], links[i][2]
-        while child != -1:
-            if (hole := _ring(contours[child], downsample)) is not None:
-                rings.append(hole)
-            child = links[child][0]
-        polygons.append(rings)
-    return polygons
-
-
-def write_geojson(path: str | os.PathLike[str], labels_small: np.ndarray, downsample: float,
-                  class_names: Sequence[str], palette: Sequence[Sequence[int]]) -> None:
-    """A QuPath-importable FeatureCollection: one annotation per class present (background left out),
-    a MultiPolygon with holes, in level-0 pixels (label pixel (i, j) is centred on level-0
-    ((j + 0.5) * downsample, (i + 0.5) * downsample)), classified by class name and palette colour."""
-    colours = _check_palette(palette, class_names, labels_small)
-    if not downsample > 0:
-        raise CervrtError(f"the GeoJSON downsample must be positive, got {downsample}")
-    features = []
-    for k in sorted(int(v) for v in np.unique(labels_small) if v > 0):
-        polygons = _polygons((labels_small == k).astype(np.uint8), float(downsample))
-        if not polygons:
-            continue
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "MultiPolygon", "coordinates": polygons},
-            "properties": {
-                "objectType": "annotation",
-                "name": class_names[k],
-                "classification": {"name": class_names[k], "color": [int(c) for c in colours[k]]},
-                "isLocked": False,
-            },
-        })
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}) + "\n")

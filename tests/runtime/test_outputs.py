@@ -1,9 +1,7 @@
 """Outputs: the format registry, mask writers (PNG, pyramidal TIFF) round trips and atomicity, thumbnail,
-overlay, GeoJSON."""
+overlay."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -22,7 +20,6 @@ from cervrt.runtime.outputs import (
     output_format,
     output_formats,
     register_output,
-    write_geojson,
     write_overlay,
 )
 
@@ -125,31 +122,6 @@ def test_label_thumbnail_is_a_nearest_neighbour_subsample():
     assert thumb.step == 4
     _stream(thumb, mask, sizes=(33, 70, 5))
     np.testing.assert_array_equal(thumb.labels, mask[::4, ::4])
-
-
-def test_geojson_polygons_with_a_hole(tmp_path):
-    labels = np.zeros((40, 60), np.uint8)
-    labels[5:25, 5:25] = 2  # a CIN 1 square with a hole
-    labels[10:20, 10:20] = 0
-    labels[30:35, 40:55] = 4  # a CIN 3 bar
-    write_geojson(tmp_path / "a.geojson", labels, 10.0, CLASS_NAMES, PALETTE)
-    data = json.loads((tmp_path / "a.geojson").read_text())
-    assert data["type"] == "FeatureCollection"
-    features = {f["properties"]["classification"]["name"]: f for f in data["features"]}
-    assert sorted(features) == ["CIN 1", "CIN 3"]
-    cin1 = features["CIN 1"]
-    assert cin1["properties"]["objectType"] == "annotation"
-    assert cin1["properties"]["classification"]["color"] == [0, 255, 0]
-    assert cin1["geometry"]["type"] == "MultiPolygon"
-    (polygon,) = cin1["geometry"]["coordinates"]
-    exterior, hole = polygon
-    assert exterior[0] == exterior[-1] and hole[0] == hole[-1]
-    xs, ys = zip(*exterior, strict=True)  # pixel centres 5..24 -> level-0 (c + 0.5) * 10
-    assert (min(xs), max(xs), min(ys), max(ys)) == (55.0, 245.0, 55.0, 245.0)
-    hx, hy = zip(*hole, strict=True)  # the hole's boundary pixels: the tissue ring's inner edge, 9 and 20
-    assert (min(hx), max(hx), min(hy), max(hy)) == (95.0, 205.0, 95.0, 205.0)
-    (bar,) = features["CIN 3"]["geometry"]["coordinates"]
-    assert len(bar) == 1
 
 
 def test_overlay_has_the_legend_colours_and_leaves_background_alone(tmp_path):
