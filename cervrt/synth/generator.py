@@ -49,6 +49,7 @@ _LEGACY_GENERATOR = "cervrt.train.synth"  # what datasets written before the mov
 TRUTH_MASKS = "truth_masks"
 
 _MIN_REGION = 64
+_MIN_CROP = 16
 _MIN_SLIDE = 256
 
 
@@ -146,7 +147,7 @@ def _names(prefix: str, count: int) -> list[str]:
     return [f"{prefix}_{i:0{width}d}" for i in range(count)]
 
 
-def _check_counts(regions: int, size: int, seed: int, weak_regions: int) -> None:
+def _check_counts(regions: int, size: int, seed: int, weak_regions: int, weak_size: int | None = None) -> None:
     if not _is_int(regions) or regions < 1:
         raise CervrtError(f"regions must be an integer of at least 1, got {regions!r}")
     if not _is_int(size) or size < _MIN_REGION:
@@ -155,6 +156,8 @@ def _check_counts(regions: int, size: int, seed: int, weak_regions: int) -> None
         raise CervrtError(f"weak_regions must be an integer of at least 0, got {weak_regions!r}")
     if not _is_int(seed) or seed < 0:
         raise CervrtError(f"seed must be a non-negative integer, got {seed!r}")
+    if weak_size is not None and (not _is_int(weak_size) or not _MIN_CROP <= weak_size <= size):
+        raise CervrtError(f"weak_size must be an integer from {_MIN_CROP} to size ({size}), got {weak_size!r}")
 
 
 def _metadata(seed: int, size: int, names: list[str], weak: list[str], counts: np.ndarray) -> dict:
@@ -187,6 +190,28 @@ def _write_regions(out: Path, prefix: str, names: list[str], key: list[int], siz
         write_png(out / f"{prefix}images/{name}.png", image)
         write_png(out / f"{prefix}{masks}/{name}.png", mask)
         counts.append(np.bincount(mask.ravel(), minlength=5))
+        bar.update()
+    return counts
+
+
+def _weak_crops(out: Path, names: list[str], key: list[int], size: int, crop: int, bar: tqdm) -> list[np.ndarray]:
+    """Write weak regions cut from ``size``-px regions as ``crop``-px tiles (the geometry of the annotated
+    regions, patch-sized weak images with exact labels), skipping tiles without epithelium."""
+    counts, source, tiles = [], 0, []
+    while len(counts) < len(names):
+        if not tiles:
+            image, mask = synthesize_region(np.random.default_rng([*key, source]), size)
+            source += 1
+            tiles = [(image[y : y + crop, x : x + crop], mask[y : y + crop, x : x + crop])
+                     for y in range(0, size - crop + 1, crop) for x in range(0, size - crop + 1, crop)]
+        image, mask = tiles.pop(0)
+        count = np.bincount(mask.ravel(), minlength=5)
+        if not count[1:].any():
+            continue
+        name = names[len(counts)]
+        write_png(out / f"weak/images/{name}.png", np.ascontiguousarray(image))
+        write_png(out / f"weak/{TRUTH_MASKS}/{name}.png", np.ascontiguousarray(mask))
+        counts.append(count)
         bar.update()
     return counts
 
@@ -254,20 +279,24 @@ def synthesize_slide(
 
 
 def write_dataset(
-    out_dir: str | Path, regions: int, size: int, seed: int, weak_regions: int = 0, progress: bool = True
+    out_dir: str | Path, regions: int, size: int, seed: int, weak_regions: int = 0, progress: bool = True,
+    weak_size: int | None = None,
 ) -> dict:
     """Write a synthetic MTCHI-layout dataset and return its ``dataset.json`` contents.
 
     Layout: ``images/region_NNNN.png`` (RGB) with ``masks/region_NNNN.png`` (greyscale 0..4); with
     ``weak_regions`` > 0 also ``weak/images/weak_NNNN.png``, ``weak/labels.csv`` (``name,labels``,
     labels the ``;``-joined foreground classes present) and the true ``weak/truth_masks`` for
-    measuring pseudo-labels and pseudo masks (never read by training). Region ``i`` depends only on
+    measuring pseudo-labels and pseudo masks (never read by training). With ``weak_size`` below ``size``,
+    each weak region is a ``weak_size``-px tile of a ``size``-px region (tiles without epithelium are
+    skipped): patch-sized weak images with exact labels and the annotated regions' band geometry
+    (a 64 px region on its own gets a band a sixth of the full thickness). Region ``i`` depends only on
     ``(seed, i)``: the same seed gives byte-identical files, and a larger run extends a smaller one.
     Every file is written atomically. A non-empty ``out_dir`` is refused unless a previous run of this
     generator wrote it; then it is overwritten and files of the previous run beyond the new counts are
     removed.
     """
-    _check_counts(regions, size, seed, weak_regions)
+    _check_counts(regions, size, seed, weak_regions, weak_size)
     out = Path(out_dir)
     _check_out_dir(out)
     names, weak = _names("region", regions), _names("weak", weak_regions)
@@ -276,7 +305,10 @@ def write_dataset(
     write_json(out / "dataset.json", {"generator": GENERATOR, "complete": False})
     with tqdm(total=regions + weak_regions, desc="synthesizing", unit="region", disable=not progress) as bar:
         counts = _write_regions(out, "", names, [seed, 0], size, bar)
-        weak_counts = _write_regions(out, "weak/", weak, [seed, 1], size, bar, TRUTH_MASKS)
+        if weak_size is None or weak_size == size:
+            weak_counts = _write_regions(out, "weak/", weak, [seed, 1], size, bar, TRUTH_MASKS)
+        else:
+            weak_counts = _weak_crops(out, weak, [seed, 1], size, weak_size, bar)
     labels = {name: [c for c in range(1, 5) if n[c] > 0] for name, n in zip(weak, weak_counts, strict=True)}
     _finish(out, names, weak, labels)
     meta = _metadata(seed, size, names, weak, np.array(counts).reshape(-1, 5))
