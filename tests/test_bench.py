@@ -175,16 +175,13 @@ def tiny_onnx(tmp_path_factory) -> Path:
     import onnx
 
     from cervrt.artifact import attach_metadata
-    from cervrt.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
+    from cervrt.constants import PALETTE
     from tests.support.onnx_graphs import segmentation_graph
+    from tests.support.tiny_models import tiny_metadata
 
     model = segmentation_graph()
-    attach_metadata(model, {
-        "format": "cervrt.onnx", "format_version": 1, "arch": "tiny", "arch_kwargs": {},
-        "class_names": list(CLASS_NAMES), "palette": [list(c) for c in PALETTE], "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD), "mpp": 0.904, "patch_size": 64, "precision": "fp32", "opset": 18,
-        "input": "image", "outputs": ["probs"], "has_classifier": False,
-        "params": 256, "macs_384": 12_000_000, "macs_patch": 340_000})
+    attach_metadata(model, tiny_metadata(format_version=1, arch="tiny", arch_kwargs={}, palette=PALETTE,
+                                         has_classifier=False, params=256, macs_384=12_000_000, macs_patch=340_000))
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     onnx.save(model, path)
     return path

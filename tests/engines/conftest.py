@@ -8,14 +8,13 @@ import onnx
 import pytest
 
 from cervrt.artifact import attach_metadata
+from cervrt.constants import PALETTE
 from tests.support.onnx_graphs import segmentation_graph
+from tests.support.tiny_models import tiny_metadata
 
-ONNX_META = {"format": "cervrt.onnx", "arch": "hspnet", "arch_kwargs": {"encoder": "resnet34"},
-             "class_names": ["background", "normal", "CIN 1", "CIN 2", "CIN 3"],
-             "palette": [[0, 0, 0], [255, 255, 255], [0, 255, 0], [0, 0, 255], [255, 0, 0]],
-             "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "mpp": 0.904, "patch_size": 64,
-             "precision": "fp32", "io_dtype": "float32", "opset": 18, "input": "image", "outputs": ["probs"],
-             "has_classifier": False}
+#: The tiny graph's metadata: the tiny HSP-Net's, with the real palette and no parameter or MAC counts.
+ONNX_META = tiny_metadata(palette=PALETTE, io_dtype="float32", has_classifier=False, params=None, macs_384=None,
+                          macs_patch=None).to_dict()
 
 
 def save_graph(directory: Path, *, with_classifier: bool = False, metadata: dict | None = None,

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from cervrt.artifact import ArtifactMetadata
 from cervrt.devices import Device
 from cervrt.engines import (
     Engine,
@@ -21,9 +22,10 @@ from cervrt.engines import (
 from cervrt.engines import base as engine_base
 from cervrt.errors import CervrtError
 
-META = {"arch": "dummy", "class_names": ["background", "a", "b"], "palette": [[0, 0, 0], [9, 9, 9], [1, 2, 3]],
-        "mean": [0.5] * 3, "std": [0.25] * 3, "mpp": 0.5, "patch_size": 32, "outputs": ["probs"],
-        "gate_epsilon": 0.1}
+META = ArtifactMetadata(arch="dummy", arch_kwargs={}, class_names=["background", "a", "b"],
+                        palette=[[0, 0, 0], [9, 9, 9], [1, 2, 3]], mean=[0.5] * 3, std=[0.25] * 3, mpp=0.5,
+                        patch_size=32, precision="fp32", opset=None, input="image", outputs=["probs"],
+                        gate_epsilon=0.1).to_dict()
 
 
 class DummyEngine(Engine):

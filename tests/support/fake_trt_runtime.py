@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from cervrt.artifact import PLAN_FORMAT
+from tests.support.tiny_models import tiny_metadata
+
 NUM_CLASSES = 5
 PATCH = 32
 GPU = ("NVIDIA Fake GPU", "8.9")
@@ -42,14 +45,13 @@ def reference(batch: np.ndarray, with_classifier: bool) -> tuple[np.ndarray, np.
 def plan_metadata(*, version: str = "10.13.3.9", gpu: tuple[str, str] = GPU, max_batch: int = 4, min_batch: int = 1,
                   with_classifier: bool = False, precision: str = "fp32") -> dict[str, Any]:
     outputs = ["probs", "class_probs"] if with_classifier else ["probs"]
-    return {"format": "cervrt.tensorrt", "format_version": 1, "arch": "hspnet", "arch_kwargs": {},
-            "class_names": ["background", "normal", "CIN 1", "CIN 2", "CIN 3"], "palette": [[0, 0, 0]] * 5,
-            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "mpp": 0.904, "patch_size": PATCH,
-            "precision": precision, "opset": 18, "input": "image", "outputs": outputs,
-            "has_classifier": with_classifier, "tensorrt_version": version, "gpu_name": gpu[0],
-            "compute_capability": gpu[1],
-            "profile": {"input": "image", "min": [min_batch, 3, PATCH, PATCH], "opt": [2, 3, PATCH, PATCH],
-                        "max": [max_batch, 3, PATCH, PATCH]}}
+    metadata = tiny_metadata(
+        format=PLAN_FORMAT, format_version=1, arch_kwargs={}, mean=[0.5] * 3, std=[0.25] * 3, patch_size=PATCH,
+        precision=precision, outputs=outputs, has_classifier=with_classifier, params=None, macs_384=None,
+        macs_patch=None, tensorrt_version=version, gpu_name=gpu[0], compute_capability=gpu[1],
+        profile={"input": "image", "min": [min_batch, 3, PATCH, PATCH], "opt": [2, 3, PATCH, PATCH],
+                 "max": [max_batch, 3, PATCH, PATCH]})
+    return metadata.to_dict()
 
 
 def write_plan(directory: Path, metadata: dict[str, Any] | None = None, *, plan: bytes = b"FAKEPLAN",
