@@ -230,6 +230,20 @@ def test_rerunning_each_stage_continues_instead_of_starting_over(wsss_run):
     assert "assembling the artifact only" in again
 
 
+def test_a_moved_classifier_run_continues_where_it_now_is(wsss_run, tmp_path):
+    import shutil
+
+    from cervrt.train.wsss import ClassifierConfig, train_classifier
+
+    root, _ = wsss_run
+    moved = tmp_path / "moved"
+    shutil.copytree(root / "cls", moved)
+    data = root / "data" / "weak"
+    done = train_classifier(ClassifierConfig(data=str(data), labels=str(data / "labels.csv"), out=str(moved),
+                                             epochs=1, device="cpu"), log=lambda _: None)
+    assert done == moved / "last.pt"  # not the directory the checkpoint was first written in
+
+
 def test_labels_of_pixel_annotated_data_come_from_the_masks(wsss_run):
     from cervrt.train.wsss.data import load_weak_source
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cervrt._io import ensure_writable_dir, write_json
+from cervrt._io import ensure_writable_dir, nan_to_none, write_json
 from cervrt.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from cervrt.constants import MIN_FOREGROUND, MTCHI_MPP, PATCH_SIZE, PATCH_STRIDE
 from cervrt.errors import CervrtError
@@ -150,7 +150,7 @@ class _Run:
                                 history=self.history, train_config=asdict(self.config),
                                 train_patches=len(self.dataset))
         save_checkpoint(self.out / "last.pt", ckpt)
-        write_json(self.out / "history.json", self.history)
+        write_json(self.out / "history.json", nan_to_none(self.history))  # strict JSON
 
 
 def _resume_state(config: ClassifierConfig) -> tuple[ClassifierConfig, dict[str, Any] | None]:
@@ -161,8 +161,8 @@ def _resume_state(config: ClassifierConfig) -> tuple[ClassifierConfig, dict[str,
     ckpt = load_checkpoint(last)
     if ckpt.get("arch") != CLASSIFIER_ARCH or "train_config" not in ckpt:
         raise CervrtError(f"{last} is not a WSSS phase-1 run: choose another output directory")
-    kept = {k: getattr(config, k) for k in ("epochs", "device", "workers", "time_limit_minutes")}
-    return replace(ClassifierConfig(**ckpt["train_config"]), **kept), ckpt
+    kept = {k: getattr(config, k) for k in ("out", "epochs", "device", "workers", "time_limit_minutes")}
+    return replace(ClassifierConfig(**ckpt["train_config"]), **kept), ckpt  # a moved run directory still works
 
 
 def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = print) -> Path:
