@@ -107,7 +107,7 @@ def _save_model(workdir: Path, patch: int) -> None:
     import onnx
     import torch
 
-    from cervrt.artifact import attach_metadata
+    from cervrt.artifact import FORMAT_VERSION, ONNX_FORMAT, ArtifactMetadata, attach_metadata
     from cervrt.export.onnx_export import check_graph, trace_to_onnx
 
     net = _network()
@@ -115,11 +115,10 @@ def _save_model(workdir: Path, patch: int) -> None:
     proto = trace_to_onnx(net, 64, 18)
     check_graph(proto)
     params = sum(p.numel() for p in net.parameters())
-    attach_metadata(proto, {
-        "format": "cervrt.onnx", "format_version": 1, "arch": "tiny", "arch_kwargs": {},
-        "class_names": list(CLASS_NAMES), "palette": [list(c) for c in PALETTE], "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD), "mpp": 0.904, "patch_size": patch, "precision": "fp32", "opset": 18,
-        "input": "image", "outputs": ["probs"], "has_classifier": False, "params": params})
+    attach_metadata(proto, ArtifactMetadata(
+        format=ONNX_FORMAT, format_version=FORMAT_VERSION, arch="tiny", arch_kwargs={}, class_names=CLASS_NAMES,
+        palette=PALETTE, mean=IMAGENET_MEAN, std=IMAGENET_STD, mpp=0.904, patch_size=patch, precision="fp32",
+        opset=18, input="image", outputs=["probs"], has_classifier=False, params=params))
     onnx.save(proto, workdir / "tiny.onnx")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cervrt.artifact import attach_metadata
+from cervrt.artifact import FORMAT_VERSION, ONNX_FORMAT, ArtifactMetadata, attach_metadata
 from cervrt.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from tests.support.onnx_graphs import segmentation_graph
 
@@ -16,17 +16,13 @@ MPP = 0.904
 
 
 def tiny_metadata(with_classifier: bool = False, gate_epsilon: float | None = None, patch: int = PATCH) -> dict:
-    metadata = {
-        "format": "cervrt.onnx", "format_version": 1, "arch": "tiny", "arch_kwargs": {},
-        "class_names": list(CLASS_NAMES), "palette": [list(c) for c in PALETTE],
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "mpp": MPP, "patch_size": patch,
-        "size_multiple": 1, "params": 229, "macs_384": 3_000_000, "macs_patch": 1_000_000, "precision": "fp32",
-        "io_dtype": "float32", "opset": 18, "input": "image",
-        "outputs": ["probs", "class_probs"] if with_classifier else ["probs"], "has_classifier": with_classifier,
-    }
-    if gate_epsilon is not None:
-        metadata["gate_epsilon"] = gate_epsilon
-    return metadata
+    """The tiny graph's metadata in its on-disk (JSON) form."""
+    return ArtifactMetadata(
+        format=ONNX_FORMAT, format_version=FORMAT_VERSION, arch="tiny", arch_kwargs={}, class_names=CLASS_NAMES,
+        palette=PALETTE, mean=IMAGENET_MEAN, std=IMAGENET_STD, mpp=MPP, patch_size=patch, size_multiple=1,
+        params=229, macs_384=3_000_000, macs_patch=1_000_000, precision="fp32", io_dtype="float32", opset=18,
+        input="image", outputs=["probs", "class_probs"] if with_classifier else ["probs"],
+        has_classifier=with_classifier, gate_epsilon=gate_epsilon).to_dict()
 
 
 def save_tiny_model(path: Path, with_classifier: bool = False, gate_epsilon: float | None = None,
