@@ -66,22 +66,21 @@ class Stage(str, enum.Enum):
         return SCORE_KEYS[self.value]
 
 
-def _builder(arch: str) -> Any:
-    return get_spec(arch).builder
-
-
 def plan_stages(arch: str, pseudo_labels: str | None, cls_epochs: int | None) -> tuple[Stage, ...]:
     """The stages of a run: a classifier trains in ``classify``; a segmentation model with a patch
     classifier trains ``classify`` then ``segment`` when given pseudo-labels or classification
-    epochs, else ``full``; pseudo-labels on a model without a classifier are an error."""
-    builder = _builder(arch)
-    if getattr(builder, "is_classifier", False):
+    epochs, else ``full``; pseudo-labels on a model without a classifier are an error, and so is an
+    architecture another command trains (the spec's ``trained_by``)."""
+    spec = get_spec(arch)
+    if spec.trained_by != "train":
+        raise CervrtError(f"{arch} is trained by `cervrt {spec.trained_by}`, not `cervrt train`")
+    if spec.is_classifier:
         if cls_epochs is not None:
             raise CervrtError("cls_epochs is for the two-stage training of ensemble_a: use epochs for a classifier")
         return (Stage.CLASSIFY,)
     if pseudo_labels is None and cls_epochs is None:
         return (Stage.FULL,)
-    if not getattr(builder, "has_classifier", False):
+    if not spec.has_classifier:
         raise CervrtError(f"{arch} has no patch classifier to train on pseudo-labels or for cls_epochs: "
                           "use the arch ensemble_a (or classifier)")
     return (Stage.CLASSIFY, Stage.SEGMENT)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -37,6 +39,19 @@ def test_plan_stages():
         plan_stages("hspnet", "s_p.csv", None)
     with pytest.raises(CervrtError, match="use epochs for a classifier"):
         plan_stages("classifier", None, 3)
+    assert plan_stages("wsss_seg", "s_p.csv", None) == (Stage.CLASSIFY, Stage.SEGMENT)
+
+
+def test_an_architecture_another_command_trains_is_refused_naming_that_command(tmp_path):
+    with pytest.raises(CervrtError, match=r"^wsss_cls is trained by `cervrt wsss train-cls`, not `cervrt train`$"):
+        plan_stages("wsss_cls", None, None)
+    (tmp_path / "data").mkdir()
+    result = subprocess.run([sys.executable, "-m", "cervrt", "train", "--arch", "wsss_cls", "--data",
+                             str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [
+        "error: wsss_cls is trained by `cervrt wsss train-cls`, not `cervrt train`"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_two_stage_epochs_and_directories():
