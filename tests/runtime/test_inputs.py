@@ -32,7 +32,7 @@ def test_folder_names_are_paths_below_the_folder_and_unsupported_files_are_count
 def test_same_names_collide_before_anything_runs(tree):
     with pytest.raises(InputError, match="would both write outputs named 'case1'"):
         collect_inputs([tree / "a" / "case1.png", tree / "b" / "case1.png"])
-    with pytest.raises(InputError, match="top.svs and .*TOP.png would both write outputs named 'TOP'"):
+    with pytest.raises(InputError, match=r"top\.svs and .*TOP\.png would both write outputs named 'TOP'"):
         collect_inputs([tree / "top.svs", tree / "TOP.png"])  # a name is a name whatever the case
 
 
