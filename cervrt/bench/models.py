@@ -84,7 +84,7 @@ def complexity(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     info = {key: metadata.get(key) for key in ("arch", "params", "macs_384", "macs_patch", "patch_size")}
     info["encoder"] = (metadata.get("arch_kwargs") or {}).get("encoder")
     if info["macs_patch"] is None and path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        from cervrt.artifacts import checkpoint_info
+        from cervrt.model_info import checkpoint_info
 
         try:
             counted = checkpoint_info(path)

@@ -11,7 +11,7 @@ The papers' "FLOPs" are multiply-accumulates (MACs) at a 384x384 input (SPEC, "F
   42.51M / 23.05G, MTCHI dataset paper Table I. They check the counting convention on plain encoders.
 
 A figure the papers do not give is ``None`` here and prints as ``--``. cervrt's counts come from
-:func:`cervrt.artifacts.arch_info` (torch's flop counter on the meta device: convolutions and matrix
+:func:`cervrt.model_info.arch_info` (torch's flop counter on the meta device: convolutions and matrix
 products only), so they need torch (the ``train`` extra) but no weights.
 """
 
@@ -57,7 +57,7 @@ def percent_diff(ours: float | None, paper: float | None) -> float | None:
 
 
 def _default_counter(arch: str, encoder: str | None) -> dict[str, Any]:
-    from cervrt.artifacts import arch_info
+    from cervrt.model_info import arch_info
 
     return arch_info(arch, encoder)
 
@@ -66,7 +66,7 @@ def paper_table(counter: Callable[[str, str | None], dict[str, Any]] | None = No
     """One row per paper model: the papers' figures, cervrt's counts and the differences in percent.
 
     ``counter(arch, encoder)`` returns a dict with ``params``, ``macs_384`` and ``macs_patch``
-    (default: :func:`cervrt.artifacts.arch_info`).
+    (default: :func:`cervrt.model_info.arch_info`).
     """
     counter = counter or _default_counter
     rows = []

@@ -20,7 +20,7 @@ __all__ = ["info"]
 def info(artifact: str | None, arch: str | None, encoder: str | None, patch_size: int | None, as_json: bool) -> None:
     """Describe a checkpoint, an ONNX or TensorRT model, or an architecture: classes, parameters, MACs,
     patch size, normalisation and (ONNX, TensorRT) the inputs and outputs with their dtypes."""
-    from cervrt.artifacts import arch_info, artifact_info, format_info
+    from cervrt.model_info import arch_info, artifact_info, format_info
 
     if (artifact is None) == (arch is None):
         raise CervrtError("info takes either an artifact file or --arch NAME")

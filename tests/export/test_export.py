@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 
-from cervrt.artifacts import artifact_info
 from cervrt.checkpoint import file_sha256
 from cervrt.errors import CervrtError
 from cervrt.export import (
@@ -24,6 +23,7 @@ from cervrt.export import (
     tensorrt_build,
 )
 from cervrt.export.parity import ort_session, require, run_session
+from cervrt.model_info import artifact_info
 from tests.support.fake_tensorrt import make_fake_tensorrt
 from tests.support.onnx_graphs import segmentation_graph
 

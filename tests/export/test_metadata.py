@@ -17,8 +17,8 @@ from cervrt.artifact import (
     read_metadata,
     read_plan_metadata,
 )
-from cervrt.artifacts import artifact_info, format_info
 from cervrt.errors import CervrtError
+from cervrt.model_info import artifact_info, format_info
 from tests.support.onnx_graphs import segmentation_graph
 from tests.support.tiny_models import tiny_metadata
 

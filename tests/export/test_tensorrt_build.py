@@ -131,8 +131,8 @@ def test_parser_and_builder_failures_are_one_line_and_write_nothing(tmp_path):
 @pytest.mark.tensorrt
 def test_real_engine_build(tmp_path, tiny_checkpoint):
     pytest.importorskip("tensorrt")
-    from cervrt.artifacts import artifact_info
     from cervrt.export import ExportConfig, export
+    from cervrt.model_info import artifact_info
 
     plan = tmp_path / "tiny.plan"
     config = ExportConfig(tiny_checkpoint, output=tmp_path / "tiny.fp16.onnx", precision=Precision.FP16,

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from cervrt.artifacts import checkpoint_info
 from cervrt.checkpoint import build_checkpoint, save_checkpoint
+from cervrt.model_info import checkpoint_info
 from cervrt.models import create_model, model_from_checkpoint
 from cervrt.models.wsss import WSSSClassifier
 

@@ -1,4 +1,4 @@
-"""What a model artifact is: ``info`` for checkpoints and for bare architectures.
+"""What a model is: ``info`` for checkpoints, architectures, ONNX files and plans (the metadata: ``artifact``).
 
 Later stages add ONNX files and TensorRT plans; each kind reports the same core keys -- ``arch``,
 ``arch_kwargs``, ``classes``, ``params``, ``macs_384``, ``macs_patch``, ``patch_size`` -- plus its own.
