@@ -62,7 +62,7 @@ class _Run:
         backend = self.config.backend if path.suffix.lower() == ".onnx" else None
         with PeakMemory() as peak, open_engine(path, device=self.config.device, backend=backend) as engine:
             row = {"engine": engine.kind, "provider": engine.provider, "precision": engine.precision,
-                   "device": engine.device, "fallback": getattr(engine, "fallback", None),
+                   "device": engine.device, "fallback": engine.fallback,
                    "num_classes": len(engine.class_names), **complexity(path, engine.metadata), "latency": []}
             metadata = dict(engine.metadata)
             for batch in self.config.batch_sizes:
