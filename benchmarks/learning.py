@@ -18,6 +18,10 @@ Held-out regions are the loop's validation split (the same for every run of one 
     python benchmarks/learning.py report --out /tmp/learn   # -> benchmarks/results/learning*.{json,png}
 
 Every results file is strict JSON (null for an absent class). Nothing here asserts on time.
+As measured on 2026-12-01 (load 12-21 on 2 cores): each ``run`` got ``--minutes 50``, then the seed-0
+HSP-Net runs ``--minutes 17`` more (they finished their 10 epochs, 469 steps); seeds 1-2 and DeepLab
+stopped at 50 min (231-370 steps). Compare studies at equal steps (``at_common_steps``, the steps
+panels), not at equal minutes. WSSS: ``wsss --data wsss`` and ``wsss --data wsss-crop`` (seed 0 only).
 """
 
 from __future__ import annotations
@@ -232,6 +236,17 @@ def _steps(run: Path, seed: int) -> tuple[int, int]:
     return patches // s["batch_size"], int(ckpt["scheduler"]["last_epoch"])
 
 
+def _cumulative_minutes(seconds: list[float]) -> list[float]:
+    """Minutes since the run began: a resumed call counts its seconds from its own start."""
+    minutes, offset, previous = [], 0.0, 0.0
+    for value in seconds:
+        if value < previous:
+            offset += previous
+        minutes.append((offset + value) / 60)
+        previous = value
+    return minutes
+
+
 def _curves(runs: Path) -> dict[str, dict[str, Any]]:
     """Per run: epochs, steps, minutes and the held-out dice / miou / wp after every epoch."""
     curves = {}
@@ -245,7 +260,7 @@ def _curves(runs: Path) -> dict[str, dict[str, Any]]:
         curves[run.name] = {
             "epochs": [h["epoch"] for h in history],
             "steps": steps,
-            "minutes": [h["seconds"] / 60 for h in history],
+            "minutes": _cumulative_minutes([h["seconds"] for h in history]),
             **{k: [h.get(k) for h in history] for k in ("dice", "miou", "wp", "train_loss")},
         }
     return curves
@@ -342,7 +357,7 @@ def _plot_wsss(wsss: dict[str, dict[str, Any]], path: Path) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     curves = _curves(args.out / "runs")
-    wsss = {p.parent.name: json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("wsss-s*/wsss.json"))}
+    wsss = {p.parent.name: json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("wsss*-s*/wsss.json"))}
     result = {"synthetic": True, "device": "cpu, 2 shared cores, 1 torch thread per run", "settings": SETTINGS,
               "supervised": _table(curves), "curves": curves, "wsss": wsss}
     _RESULTS.mkdir(exist_ok=True)
