@@ -9,12 +9,14 @@ near-uniform probabilities flip on any rounding, and they have no agreement targ
   --precision int8`` does (``quantize_int8``: QDQ, per-channel int8 weights, uint8 activations,
   MinMax over ``--calibration-patches`` tissue patches from ``--calibration``, the default float
   groups), reporting the figures whether or not they pass the export's 99% gate;
-- opens ONNX Runtime FP32 (today's default), OpenVINO FP32, OpenVINO BF16 (where the CPU has it),
-  ONNX Runtime INT8 and OpenVINO INT8 on the CPU;
+- opens ONNX Runtime FP32 (today's default), ONNX Runtime INT8, OpenVINO FP32, OpenVINO BF16 (where
+  the CPU has it) and OpenVINO INT8 on the CPU (``cervrt.bench.fastpath.open_cpu_engines``, shared
+  with ``cervrt bench``);
 - times all engines on one tissue batch (``--size`` px, ``--batch`` patches) in interleaved rounds
   (one warm-up each, then ``--rounds`` rounds, one run of every engine per round, median): the
   ratios to ONNX Runtime FP32 come from the same minutes of the same run, so that load on a shared
-  machine hits every engine alike; the patches/s themselves depend on that load;
+  machine hits every engine alike; the patches/s themselves depend on that load
+  (``cervrt.bench.fastpath.time_interleaved``);
 - label agreement with ONNX Runtime FP32 on held-out tissue patches (from ``--test``, not used for
   calibration) and, for the trained model, Dice on the synthetic test set (``--test``: images/ and
   masks/, tiled by non-overlapping patches) and its change against FP32 in points.
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -42,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cervrt._io import atomic_path, write_json
+from cervrt.bench.fastpath import open_cpu_engines, time_interleaved, tissue_batch
 from cervrt.bench.machine import host_tag, machine_info
 
 __all__ = ["main"]
@@ -103,38 +105,6 @@ def _int8(fp32: Path, args: argparse.Namespace, meta: dict[str, Any]) -> tuple[P
     return path, time.perf_counter() - start
 
 
-def _engines(fp32: Path, int8: Path) -> dict[str, Any]:
-    from cervrt.engines.onnxruntime import OnnxRuntimeEngine
-    from cervrt.engines.openvino import OpenVinoEngine, cpu_has_bf16
-
-    engines = {"ORT FP32": OnnxRuntimeEngine(fp32, "cpu"), "OV FP32": OpenVinoEngine(fp32, "cpu")}
-    if cpu_has_bf16():
-        engines["OV BF16"] = OpenVinoEngine(fp32, "cpu", bf16=True)
-    engines["ORT INT8"] = OnnxRuntimeEngine(int8, "cpu")
-    engines["OV INT8"] = OpenVinoEngine(int8, "cpu")
-    return engines
-
-
-def _tissue_batch(size: int, batch: int, meta: dict[str, Any]) -> np.ndarray:
-    from cervrt.export.calibration import normalise
-    from cervrt.synth import synthesize_region
-
-    rng = np.random.default_rng(7)
-    return normalise(np.stack([synthesize_region(rng, size)[0] for _ in range(batch)]), meta["mean"], meta["std"])
-
-
-def _time(engines: dict[str, Any], batch: np.ndarray, rounds: int) -> dict[str, float]:
-    for engine in engines.values():
-        engine.run(batch)  # warm-up: OpenVINO compiles its shape, ORT allocates
-    seconds: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(rounds):
-        for name, engine in engines.items():
-            start = time.perf_counter()
-            engine.run(batch)
-            seconds[name].append(time.perf_counter() - start)
-    return {name: len(batch) / statistics.median(values) for name, values in seconds.items()}
-
-
 def _argmax(engine: Any, x: np.ndarray) -> np.ndarray:
     return np.concatenate([engine.run(x[i : i + 4]).probs.argmax(1) for i in range(0, len(x), 4)])
 
@@ -173,9 +143,11 @@ def _model(name: str, checkpoint: Path, trained: bool, args: argparse.Namespace,
     fp32 = _export(checkpoint, directory)
     meta = read_metadata(fp32)
     int8, int8_seconds = _int8(fp32, args, meta)
-    engines = _engines(fp32, int8)
+    engines, absent = open_cpu_engines(fp32, int8)
+    for engine_name, reason in absent.items():
+        print(f"{name}: {engine_name} absent: {reason}", flush=True)
     try:
-        speed = _time(engines, _tissue_batch(args.size, args.batch, meta), args.rounds)
+        speed = time_interleaved(engines, tissue_batch(args.size, args.batch, meta["mean"], meta["std"]), args.rounds)
         x = _holdout(args.test, meta)
         reference = _argmax(engines["ORT FP32"], x)
         agreement = {k: float(np.mean(_argmax(e, x) == reference)) for k, e in engines.items()}

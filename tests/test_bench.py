@@ -16,6 +16,7 @@ from cervrt.bench.endtoend import SynthSlide, agreement
 from cervrt.bench.measure import time_engine
 from cervrt.bench.models import find_reference
 from cervrt.bench.paper import percent_diff
+from cervrt.bench.strides import scaled_strides
 from cervrt.checkpoint import file_sha256
 from cervrt.cli import cli
 from cervrt.errors import CervrtError
@@ -108,7 +109,46 @@ def test_agreement_over_tissue_and_all():
     assert result == {"tissue": pytest.approx(2 / 3), "all": pytest.approx(2 / 4)}
 
 
-def test_find_reference_by_sha(tmp_path):
+def test_scaled_strides():
+    assert scaled_strides(400) == {100: 100, 200: 200, 400: 400}
+    assert scaled_strides(512) == {100: 100, 200: 200, 400: 400}
+    assert scaled_strides(64) == {100: 16, 200: 32, 400: 64}  # same overlaps: 16x, 4x, none
+
+
+def test_trained_models_are_reused(tmp_path):
+    from cervrt.bench.config import QUICK_MODEL
+    from cervrt.bench.trained import build_trained_models
+
+    ckpt = tmp_path / "run" / "best.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights")
+    for name in ("model.onnx", "model.int8.onnx"):
+        (tmp_path / name).write_bytes(b"graph")  # newer than the checkpoint: neither trained nor exported again
+    messages: list[str] = []
+    built = build_trained_models(tmp_path, QUICK_MODEL, messages.append)
+    assert built.paths == (ckpt, tmp_path / "model.onnx", tmp_path / "model.int8.onnx")  # no FP16 graph: left out
+    assert built.int8_absent is None and "trained HSP-Net ResNet-34" in built.note
+    assert messages == [f"no --models given: reusing the synthetic model {ckpt}"]
+
+
+def test_bench_without_models_trains_its_own(tiny_onnx, tiny_int8, tmp_path, monkeypatch):
+    from cervrt.bench import trained
+    from cervrt.bench.models import BuiltModels
+
+    seen = []
+
+    def fake_build(directory, settings, echo):
+        seen.append((directory, settings))
+        return BuiltModels((tiny_onnx,), "trained note", int8_absent="the INT8 export was refused: too few patches")
+
+    monkeypatch.setattr(trained, "build_trained_models", fake_build)
+    report = run_bench(BenchConfig(out=tmp_path / "r", batch_sizes=(2,), device="cpu", settings=TINY))
+    assert seen == [(tmp_path / "r" / "models", TINY.model)] and report["note"] == "trained note"
+    rows = {r["engine"]: r for r in report["cpu_fastpath"]["rows"]}
+    assert rows["ORT INT8"] == {"engine": "ORT INT8", "absent": "the INT8 export was refused: too few patches"}
+
+
+
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"weights")
     onnx_path = tmp_path / "model.onnx"
@@ -187,15 +227,45 @@ def tiny_onnx(tmp_path_factory) -> Path:
     return path
 
 
-def test_report_on_a_tiny_model(tiny_onnx, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_onnx) -> Path:
+    import onnx
+
+    from cervrt.artifact import attach_metadata, read_metadata
+    from cervrt.bench.fastpath import tissue_batch
+    from cervrt.export.int8 import quantize_int8
+
+    meta = read_metadata(tiny_onnx)
+    quantized, _ = quantize_int8(onnx.load(tiny_onnx), tissue_batch(64, 8, meta["mean"], meta["std"]))
+    attach_metadata(quantized, {**meta, "precision": "int8"})
+    path = tiny_onnx.with_name("tiny.int8.onnx")
+    onnx.save(quantized, path)
+    return path
+
+
+def _check_fastpath(section: dict, tiny_onnx: Path, tiny_int8: Path) -> None:
+    from cervrt.engines.openvino import cpu_has_bf16
+
+    rows = {r["engine"]: r for r in section["rows"]}
+    assert section["model"] == str(tiny_onnx) and list(rows) == ["ORT FP32", "OV FP32", "OV BF16", "ORT INT8",
+                                                                 "OV INT8"]
+    assert rows["ORT FP32"]["ratio"] == 1.0 and rows["ORT FP32"]["agreement"] == 1.0
+    assert rows["ORT INT8"]["file"] == str(tiny_int8) and rows["ORT INT8"]["runs"].endswith("int8")
+    measured = [r for r in rows.values() if "absent" not in r]
+    assert all(r["patches_per_s"] > 0 and 0 <= r["agreement"] <= 1 and 0 <= r["dice"] <= 1 for r in measured)
+    assert ("absent" in rows["OV BF16"]) == (not cpu_has_bf16())
+
+
+def test_report_on_a_tiny_model(tiny_onnx, tiny_int8, tmp_path):
     out = tmp_path / "report"
     plan = tmp_path / "broken.plan"  # no .plan.json beside it: reported as failed, the other model still runs
     plan.write_bytes(b"not an engine")
-    config = BenchConfig(out=out, models=(tiny_onnx, plan), batch_sizes=(1, 4), device="cpu", settings=TINY)
+    config = BenchConfig(out=out, models=(tiny_onnx, plan, tiny_int8), batch_sizes=(1, 4), device="cpu",
+                         settings=TINY)
     report = run_bench(config)
     saved = json.loads((out / "report.json").read_text())
     assert saved["machine"]["cpu"] and saved["machine"]["versions"]["numpy"] == np.__version__
-    row, failed = saved["models"]
+    row, failed, _ = saved["models"]
     assert failed["path"] == str(plan) and "broken.plan.json" in failed["error"]
     assert "error" not in row, row.get("error")
     assert row["engine"] == "onnxruntime" and row["precision"] == "fp32" and row["macs_patch"] == 340_000
@@ -214,3 +284,9 @@ def test_report_on_a_tiny_model(tiny_onnx, tmp_path):
     for name in ("throughput_vs_macs.png", "accuracy_vs_throughput.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*tmp*"))  # atomic writes left no temporary file
+    _check_fastpath(saved["cpu_fastpath"], tiny_onnx, tiny_int8)
+    strides = saved["strides"]["rows"]
+    assert [(r["paper_stride"], r["stride"]) for r in strides] == [(100, 16), (200, 32), (400, 64)]
+    assert all(r["scaled"] and r["seconds_per_slide"] > 0 and 0 <= r["dice"] <= 1 for r in strides)
+    assert strides[0]["patches_run"] > strides[1]["patches_run"] > strides[2]["patches_run"]
+    assert "## CPU fast path" in markdown and "| 400 | 64 | 1x |" in markdown

@@ -2,7 +2,9 @@
 
 - ``paper_table`` / ``format_paper_table``: the papers' parameter and FLOP figures beside cervrt's counts;
 - ``BenchConfig`` + ``run_bench``: every model x engine x precision timed per batch size, run end to end
-  over synthetic slides with ground truth, and reported as ``report.json``, ``report.md`` and PNG plots.
+  over synthetic slides with ground truth, and reported as ``report.json``, ``report.md`` and PNG plots;
+  with the CPU fast path (``cervrt.bench.fastpath``) and Dice and seconds per slide at strides 100, 200
+  and 400 (``cervrt.bench.strides``); without models, on a short synthetic training (``cervrt.bench.trained``).
 
 Importing this package imports neither torch nor onnxruntime; the parts that need them import them
 when they run.

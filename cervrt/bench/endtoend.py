@@ -76,12 +76,16 @@ def _summarise(reports: list[dict[str, Any]], wall: float, peak: dict[str, Any])
 
 
 def run_slides(model: Path, slides: list[SynthSlide], out_dir: Path, device: str, batch_size: int,
-               backend: str = "auto") -> SlideRun:
-    """Every slide through a Predictor on ``model`` (run by ``backend``); seconds per stage summed, labels read back."""
+               backend: str = "auto", **options: Any) -> SlideRun:
+    """Every slide through a Predictor on ``model`` (run by ``backend``); seconds per stage summed, labels read back.
+
+    ``options`` are further Predictor settings (``stride``, ``bf16``).
+    """
     from cervrt.runtime.predictor import Predictor
 
     reports, labels = [], []
-    with PeakMemory() as peak, Predictor(model, device=device, batch_size=batch_size, backend=backend) as predictor:
+    with PeakMemory() as peak, Predictor(model, device=device, batch_size=batch_size, backend=backend,
+                                         **options) as predictor:
         start = time.perf_counter()
         for slide in slides:
             result = predictor.predict_slide(slide.path, out_dir)

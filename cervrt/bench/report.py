@@ -82,6 +82,46 @@ def _e2e_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _fastpath_table(section: dict[str, Any] | None) -> list[str]:
+    if not section:
+        return []
+    lines = ["## CPU fast path (ONNX Runtime and OpenVINO on the CPU)", ""]
+    if "absent" in section:
+        return [*lines, f"Not measured: {section['absent']}.", ""]
+    lines += [f"Model: `{section['model']}` (and its INT8 graph). Timed in interleaved rounds on one tissue batch; "
+              "agreement: share of tissue pixels labelled as ONNX Runtime FP32 labels them on the synthetic test "
+              "slide(s); Dice against their ground truth.", "",
+              "| engine | runs as | patches/s | vs ORT FP32 | agreement with FP32 | Dice | s / slide | classes |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in section["rows"]:
+        if "absent" in r:
+            lines.append(f"| {r['engine']} | absent: {r['absent']} |" + " |" * 6)
+            continue
+        lines.append(f"| {r['engine']} | {r['runs']} | {r['patches_per_s']:.2f} | {r['ratio']:.2f}x "
+                     f"| {_num(r['agreement'], '.2%')} | {_num(r['dice'], '.4f')} | {r['seconds_per_slide']:.2f} "
+                     f"| {','.join(map(str, r['classes_predicted']))} |")
+    return [*lines, ""]
+
+
+def _stride_table(section: dict[str, Any] | None) -> list[str]:
+    if not section:
+        return []
+    lines = ["## Accuracy beside cost: strides 100, 200 and 400", ""]
+    if "absent" in section:
+        return [*lines, f"Not measured: {section['absent']}.", ""]
+    lines += [f"Model: `{section['model']}` through the Predictor on the synthetic test slide(s).", "",
+              "| paper stride | stride used | overlap | windows run | Dice | s / slide |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for r in section["rows"]:
+        lines.append(f"| {r['paper_stride']} | {r['stride']} | {r['overlap']:.0f}x | {r['patches_run']} "
+                     f"| {_num(r['dice'], '.4f')} | {r['seconds_per_slide']:.2f} |")
+    notes = sorted({r["scaled"] for r in section["rows"] if r["scaled"]})
+    if notes:
+        lines += ["", f"The model's patch is {section['rows'][0]['patch_size']} px, under the papers' 400: the "
+                  "strides are scaled to it (same overlaps)."]
+    return [*lines, ""]
+
+
 def _header(report: dict[str, Any]) -> list[str]:
     m, s = report["machine"], report["settings"]
     gpus = ", ".join(m["gpus"]) or "none found"
@@ -105,7 +145,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [*_header(report), "", "## Engine latency and throughput", "", *_speed_table(rows), "",
              "## End to end (seconds summed over the test slides) and accuracy", "", *_e2e_table(rows), "",
              "Agreement: share of tissue pixels (ground truth != 0) whose label equals the FP32 torch model's "
-             "(`--` without its checkpoint). Dice, mIoU, AP, WP against the synthetic ground truth (cervrt.metrics)."]
+             "(`--` without its checkpoint). Dice, mIoU, AP, WP against the synthetic ground truth (cervrt.metrics).",
+             "", *_fastpath_table(report.get("cpu_fastpath")), *_stride_table(report.get("strides"))]
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,12 @@ For each artifact (checkpoints first, so that the others can be compared with th
 3. accuracy: Dice, mIoU, AP, WP against the ground truth, and the argmax agreement with the FP32
    torch model of its checkpoint (``cervrt.bench.models.find_reference``).
 
+Then, on the first FP32 ``.onnx`` among the models (and the first INT8 one), the CPU fast path
+(``cervrt.bench.fastpath``: ONNX Runtime FP32 / INT8, OpenVINO FP32 / BF16 / INT8 with patches/s,
+agreement and Dice) and Dice and seconds per slide at strides 100, 200 and 400
+(``cervrt.bench.strides``). Without ``--models`` the models are a short synthetic training
+(``cervrt.bench.trained``), so that every accuracy figure comes from a model predicting several classes.
+
 A model that fails (e.g. a TensorRT plan on a machine without a GPU) is reported with its error and
 the others still run. The report (``report.json``, ``report.md``, the plots) is written by
 ``cervrt.bench.report``; nothing here asserts anything about time.
@@ -27,7 +33,7 @@ from cervrt.bench.config import BenchConfig
 from cervrt.bench.endtoend import SlideRun, SynthSlide, accuracy, agreement, make_test_set, run_slides
 from cervrt.bench.machine import machine_info
 from cervrt.bench.measure import PeakMemory, time_engine
-from cervrt.bench.models import CHECKPOINT_SUFFIXES, build_default_models, complexity, find_reference
+from cervrt.bench.models import CHECKPOINT_SUFFIXES, BuiltModels, complexity, find_reference
 from cervrt.errors import CervrtError
 
 __all__ = ["SHARED_NOTE", "run_bench"]
@@ -118,6 +124,44 @@ def _measure(run: _Run, models: tuple[Path, ...]) -> list[dict[str, Any]]:
     return rows
 
 
+def _graphs(models: tuple[Path, ...]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """The first FP32 and the first INT8 ``.onnx`` among ``models``, with their metadata."""
+    from cervrt.artifact import read_metadata
+
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path in models:
+        if path.suffix.lower() != ".onnx":
+            continue
+        try:
+            meta = read_metadata(path)
+        except CervrtError:
+            continue
+        found.setdefault(str(meta.get("precision")), (path, meta))
+    return found
+
+
+def _cpu_sections(run: _Run, models: tuple[Path, ...], built: BuiltModels | None) -> dict[str, Any]:
+    """The CPU fast path rows and the stride rows (None, with why, without an FP32 ``.onnx``)."""
+    from cervrt.bench.fastpath import fastpath_rows
+    from cervrt.bench.strides import stride_rows
+
+    graphs = _graphs(models)
+    if "fp32" not in graphs:
+        reason = "no FP32 .onnx among the models"
+        return {"cpu_fastpath": {"absent": reason}, "strides": {"absent": reason}}
+    fp32, meta = graphs["fp32"]
+    int8 = graphs.get("int8", (None, None))[0]
+    absent = (built.int8_absent if built else None) or "no INT8 .onnx among the models"
+    config, classes = run.config, len(meta["class_names"])
+    batch, out = max(config.batch_sizes), config.out / "runs"
+    fast = fastpath_rows(fp32, int8, run.slides, out / "fastpath", batch, max(1, config.settings.repeats), classes,
+                         absent, run.echo)
+    run.echo(f"  strides 100, 200, 400 (scaled to {meta['patch_size']} px patches where smaller) with {fp32.name}")
+    strides = stride_rows(fp32, meta["patch_size"], run.slides, out / "strides", config.device, batch,
+                          config.backend, classes)
+    return {"cpu_fastpath": {"model": str(fp32), "rows": fast}, "strides": {"model": str(fp32), "rows": strides}}
+
+
 def run_bench(config: BenchConfig, echo: Echo | None = None) -> dict[str, Any]:
     """Measure ``config``'s models, write the report into ``config.out`` and return it."""
     from cervrt._io import ensure_writable_dir
@@ -126,20 +170,23 @@ def run_bench(config: BenchConfig, echo: Echo | None = None) -> dict[str, Any]:
     echo = echo or (lambda _message: None)
     out = ensure_writable_dir(config.out)
     machine = machine_info()
-    note = None
+    note, built = None, None
     models = config.models
     if not models:
-        built = build_default_models(out / "models", echo)
+        from cervrt.bench.trained import build_trained_models
+
+        built = build_trained_models(out / "models", config.settings.model, echo)
         models, note = built.paths, built.note
     run = _Run(config, echo)
     settings = config.settings
     echo(f"writing {settings.slides} synthetic test slide(s) of {settings.slide_size[0]}x{settings.slide_size[1]}")
     run.slides = make_test_set(out / "slides", settings.slides, settings.slide_size, settings.seed)
     rows = _measure(run, _ordered(models))
+    sections = _cpu_sections(run, models, built)
     machine["load_avg_end"] = machine_info()["load_avg"]
     report = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine,
               "settings": {**asdict(settings), "batch_sizes": list(config.batch_sizes), "device": config.device,
                            "backend": config.backend},
-              "note": note, "shared_machine": SHARED_NOTE, "models": rows}
+              "note": note, "shared_machine": SHARED_NOTE, "models": rows, **sections}
     write_report(report, out)
     return report

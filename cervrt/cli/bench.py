@@ -22,12 +22,14 @@ def _size(settings: object) -> str:
 @click.command()
 @click.argument("more_models", nargs=-1, type=click.Path(dir_okay=False), metavar="[MODEL]...")
 @click.option("--models", "models", multiple=True, type=click.Path(dir_okay=False),
-              help="Artifacts to benchmark: --models A.pt B.onnx C.plan ... [build an untrained HSP-Net ResNet-34].")
+              help="Artifacts to benchmark: --models A.pt B.onnx C.plan ... [train a short synthetic HSP-Net "
+                   "ResNet-34 in OUT/models, or reuse it there, and export it to FP32, FP16 and INT8 ONNX].")
 @click.option("--batch-sizes", default=_BATCHES, show_default=True, help="Timed batch sizes, comma-separated.")
 @click.option("--quick", is_flag=True,
               help=f"{QUICK.warmup} warm-up + {QUICK.repeats} timed runs (not {FULL.warmup} + {FULL.repeats}) and "
-                   f"{QUICK.slides} {_size(QUICK)} test slide (not {FULL.slides} of {_size(FULL)}): a few minutes "
-                   "on a 2-core CPU.")
+                   f"{QUICK.slides} {_size(QUICK)} test slide (not {FULL.slides} of {_size(FULL)}), and without "
+                   f"--models {QUICK.model.patch_size} px patches trained for at most {QUICK.model.minutes:g} min "
+                   f"(not {FULL.model.patch_size} px, {FULL.model.minutes:g} min): a few minutes on a 2-core CPU.")
 @click.option("--device", default=default(BenchConfig, "device"), show_default=True,
               help=", ".join(DEVICE_CHOICES) + ".")
 @click.option("--backend", default=default(BenchConfig, "backend"), show_default=True,
@@ -39,7 +41,9 @@ def bench(more_models: tuple[str, ...], models: tuple[str, ...], batch_sizes: st
     """Measure FLOPs, latency, throughput, memory and accuracy of models side by side on this machine.
 
     Writes OUT/report.json, OUT/report.md and PNG plots (throughput vs MACs, accuracy vs
-    throughput) and prints the markdown tables.
+    throughput) and prints the markdown tables, with the CPU fast path (ONNX Runtime FP32 / INT8,
+    OpenVINO FP32 / BF16 / INT8: patches/s, agreement with FP32, Dice) and Dice and seconds per
+    slide at strides 100, 200 and 400.
     """
     from cervrt.bench import format_paper_table, format_report, paper_table, run_bench
 
