@@ -85,8 +85,8 @@ def build_trained_models(directory: Path, settings: ModelSettings, echo: Echo) -
     note = (f"No --models given: cervrt bench trained HSP-Net ResNet-34 briefly on synthetic data "
             f"({settings.regions} regions of {settings.region_size} px, {settings.patch_size} px patches, at most "
             f"{settings.minutes:g} min; in {directory}) and exported it to FP32, FP16 and INT8 ONNX. A short training: "
-            "its accuracy is what a few minutes give, but it predicts several classes, so agreement and Dice mean "
-            "something.")
+            "its accuracy is what a few minutes give, unlike an untrained network's it predicts more than one class "
+            "(the classes each engine predicts on the test slide are listed in the CPU fast path table).")
     for name, refused in (("FP16", fp16_refused), ("INT8", int8_refused)):
         if refused:
             note += f" The {name} export was refused: {refused}"
