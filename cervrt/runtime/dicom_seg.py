@@ -43,6 +43,7 @@ import numpy as np
 from cervrt import __version__
 from cervrt._io import optional_import
 from cervrt.errors import CervrtError
+from cervrt.runtime.row_stream import RowStream
 
 __all__ = ["DicomSegWriter", "segment_classes"]
 
@@ -68,8 +69,10 @@ def segment_classes(dataset: Any) -> dict[int, str]:
     return {int(s.SegmentNumber): str(s.SegmentLabel) for s in dataset.SegmentSequence}
 
 
-class DicomSegWriter:
+class DicomSegWriter(RowStream):
     """Streams a ``height`` x ``width`` uint8 label mask into a DICOM SEG series in the folder ``path``."""
+
+    kind = "DICOM SEG"
 
     def __init__(self, path: str | os.PathLike[str], height: int, width: int, class_names: Sequence[str],
                  palette: Sequence[Sequence[int]], *, downsample: float = 1.0, mpp: float | None = None,
@@ -109,13 +112,7 @@ class DicomSegWriter:
         """Append mask rows ``first_row ..`` (uint8 (n, width))."""
         if self._raw is None:
             raise CervrtError(f"the DICOM SEG writer of {self.path} is closed")
-        if labels.dtype != np.uint8 or labels.ndim != 2 or labels.shape[1] != self.width:
-            raise CervrtError(f"DICOM SEG rows must be uint8 (n, {self.width}), got {labels.dtype} {labels.shape}")
-        if first_row != self._next_row or first_row + labels.shape[0] > self.height:
-            raise CervrtError(f"DICOM SEG rows must arrive in order within {self.height} rows: expected row "
-                              f"{self._next_row}, got {first_row}")
-        if int(labels.max(initial=0)) >= len(self.class_names):
-            raise CervrtError(f"labels go up to {int(labels.max())} but there are {len(self.class_names)} classes")
+        self.check_rows(first_row, labels)
         self._present[np.unique(labels)] = True
         try:
             self._raw.write(np.ascontiguousarray(labels).data)
@@ -156,15 +153,6 @@ class DicomSegWriter:
         if raw is not None:
             raw.close()
             self._cleanup()
-
-    def __enter__(self) -> DicomSegWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if exc_type is None:
-            self.finish()
-        else:
-            self.abort()
 
     # --- work ------------------------------------------------------------------------------
 

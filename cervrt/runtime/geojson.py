@@ -32,6 +32,7 @@ import numpy as np
 from cervrt._io import atomic_path, optional_import
 from cervrt.errors import CervrtError
 from cervrt.runtime._trace import trace_components
+from cervrt.runtime.row_stream import RowStream
 
 __all__ = ["GeoJsonWriter", "write_geojson_mask"]
 
@@ -72,8 +73,10 @@ class _Sets:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-class GeoJsonWriter:
+class GeoJsonWriter(RowStream):
     """Streams the polygons of a ``height`` x ``width`` uint8 label mask (0 background) to ``path``."""
+
+    kind = "GeoJSON"
 
     def __init__(self, path: str | os.PathLike[str], height: int, width: int, class_names: Sequence[str],
                  palette: Sequence[Sequence[int]], *, downsample: float = 1.0, mpp: float | None = None,
@@ -116,13 +119,7 @@ class GeoJsonWriter:
         winning class's probability per pixel, for the mean-probability measurement (optional)."""
         if self._file is None:
             raise CervrtError(f"the GeoJSON writer of {self.path} is closed")
-        if labels.dtype != np.uint8 or labels.ndim != 2 or labels.shape[1] != self.width:
-            raise CervrtError(f"GeoJSON rows must be uint8 (n, {self.width}), got {labels.dtype} {labels.shape}")
-        if first_row != self._next_row or first_row + labels.shape[0] > self.height:
-            raise CervrtError(f"GeoJSON rows must arrive in order within {self.height} rows: expected row "
-                              f"{self._next_row}, got rows {first_row}..{first_row + labels.shape[0] - 1}")
-        if int(labels.max(initial=0)) >= len(self.class_names):
-            raise CervrtError(f"labels go up to {int(labels.max())} but there are {len(self.class_names)} classes")
+        self.check_rows(first_row, labels)
         if probability is None or self._probs is None:
             self._probs = None
         else:
@@ -161,15 +158,6 @@ class GeoJsonWriter:
                 self._stack.__exit__(CervrtError, err, None)
 
     close = finish
-
-    def __enter__(self) -> GeoJsonWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if exc_type is None:
-            self.finish()
-        else:
-            self.abort()
 
     # --- bands -----------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from cervrt._io import optional_import
 from cervrt.errors import CervrtError
+from cervrt.runtime.row_stream import RowStream
 
 __all__ = ["LABEL_NAME", "OmeZarrWriter"]
 
@@ -59,8 +60,10 @@ def _temporary_dir(target: Path) -> Path:
             raise CervrtError(f"cannot write to {target.parent}: {exc.strerror}") from exc
 
 
-class OmeZarrWriter:
+class OmeZarrWriter(RowStream):
     """Streams a ``height`` x ``width`` uint8 label mask into an OME-Zarr store at ``path``; a mask sink."""
+
+    kind = "OME-Zarr"
 
     def __init__(self, path: str | os.PathLike[str], height: int, width: int, class_names: Sequence[str],
                  palette: Sequence[Sequence[int]], *, mpp: float | None = None, downsample: float = 1.0,
@@ -98,11 +101,7 @@ class OmeZarrWriter:
         """Append mask rows ``first_row ..`` (uint8 (n, width))."""
         if self._tmp is None:
             raise CervrtError(f"the OME-Zarr writer of {self.path} is closed")
-        if labels.dtype != np.uint8 or labels.ndim != 2 or labels.shape[1] != self.width:
-            raise CervrtError(f"OME-Zarr rows must be uint8 (n, {self.width}), got {labels.dtype} {labels.shape}")
-        if first_row != self._next_row or first_row + labels.shape[0] > self.height:
-            raise CervrtError(f"OME-Zarr rows must arrive in order within {self.height} rows: expected row "
-                              f"{self._next_row}, got {first_row}")
+        self.check_rows(first_row, labels, check_classes=False)
         self._rows.append(np.array(labels, np.uint8, copy=True))
         self._buffered += labels.shape[0]
         self._next_row += labels.shape[0]
@@ -130,15 +129,6 @@ class OmeZarrWriter:
         tmp, self._tmp = self._tmp, None
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    def __enter__(self) -> OmeZarrWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if exc_type is None:
-            self.finish()
-        else:
-            self.abort()
 
     # --- work ------------------------------------------------------------------------------
 
