@@ -50,12 +50,13 @@ def demo_inference(model: str | Path, root: Path, seed: int = 0, stride: int | N
     patches as no overlap, this one 4 times).
     """
     from cervrt.artifact import read_metadata
+    from cervrt.constants import MTCHI_MPP
     from cervrt.runtime.config import PredictorConfig
     from cervrt.runtime.infer import infer_slides
 
     slide, truth = _write_slide(root / "slide", seed)
     stride = stride or max(int(read_metadata(model)["patch_size"]) // 2, 1)
-    summary = infer_slides(model, [slide], root, PredictorConfig(device="auto", stride=stride),
+    summary = infer_slides(model, [slide], root, PredictorConfig(device="auto", stride=stride, mpp=MTCHI_MPP),
                            echo=lambda line: echo("  " + line), error=echo)
     if summary.failed:
         raise _failure(summary)
