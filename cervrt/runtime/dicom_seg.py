@@ -80,15 +80,7 @@ class DicomSegWriter(RowStream):
                  model_arch: str = "unknown", model_sha256: str | None = None, tile: int = _TILE) -> None:
         self._hd = optional_import("highdicom", "dicom")
         self._pydicom = optional_import("pydicom", "dicom")
-        if height < 1 or width < 1:
-            raise CervrtError(f"a DICOM SEG mask needs a positive size, got {height} x {width}")
-        colours = np.asarray(palette, np.int64).reshape(-1, 3)
-        if len(colours) != len(class_names):
-            raise CervrtError(f"the palette has {len(colours)} colours for {len(class_names)} class names")
-        self.path, self.height, self.width = Path(path), int(height), int(width)
-        if not self.path.parent.is_dir():
-            raise CervrtError(f"output directory {self.path.parent} does not exist")
-        self.class_names, self._colours = list(class_names), colours.tolist()
+        self._take_geometry(path, height, width, class_names, palette)
         self.downsample, self.mpp, self.tile = float(downsample), mpp, int(tile)
         self.level0_size = level0_size or (round(self.width * self.downsample), round(self.height * self.downsample))
         self.source_datasets = list(source_datasets) if source_datasets else None

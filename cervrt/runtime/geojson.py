@@ -24,7 +24,6 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -82,19 +81,13 @@ class GeoJsonWriter(RowStream):
                  palette: Sequence[Sequence[int]], *, downsample: float = 1.0, mpp: float | None = None,
                  simplify: float | None = None, band_rows: int | None = None) -> None:
         self._shapely = optional_import("shapely", "geojson")
-        if height < 1 or width < 1:
-            raise CervrtError(f"a GeoJSON mask needs a positive size, got {height} x {width}")
         if not (math.isfinite(downsample) and downsample > 0):
             raise CervrtError(f"the GeoJSON downsample must be a positive number, got {downsample}")
         if simplify is not None and not (math.isfinite(simplify) and simplify >= 0):
             raise CervrtError(f"the GeoJSON simplify tolerance must be >= 0 mask pixels, got {simplify}")
         if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
             raise CervrtError(f"the GeoJSON mpp must be a positive number, got {mpp}")
-        colours = np.asarray(palette, np.int64).reshape(-1, 3)
-        if len(colours) != len(class_names):
-            raise CervrtError(f"the palette has {len(colours)} colours for {len(class_names)} class names")
-        self.path, self.height, self.width = Path(path), int(height), int(width)
-        self.class_names, self._colours = list(class_names), colours.tolist()
+        self._take_geometry(path, height, width, class_names, palette, existing_dir=False)
         self.downsample, self.mpp, self.simplify = float(downsample), mpp, simplify
         self._band_rows = int(band_rows) if band_rows else max(1, _BAND_BYTES // self.width)
         self._rows: list[np.ndarray] = []

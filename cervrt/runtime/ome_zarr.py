@@ -70,15 +70,7 @@ class OmeZarrWriter(RowStream):
                  attributes: dict[str, Any] | None = None) -> None:
         self._zarr = optional_import("zarr", "zarr")
         self._writer = optional_import("ome_zarr.writer", "zarr")
-        if height < 1 or width < 1:
-            raise CervrtError(f"an OME-Zarr mask needs a positive size, got {height} x {width}")
-        colours = np.asarray(palette, np.int64).reshape(-1, 3)
-        if len(colours) != len(class_names):
-            raise CervrtError(f"the palette has {len(colours)} colours for {len(class_names)} class names")
-        self.path, self.height, self.width = Path(path), int(height), int(width)
-        if not self.path.parent.is_dir():
-            raise CervrtError(f"output directory {self.path.parent} does not exist")
-        self.class_names, self._colours = list(class_names), colours.tolist()
+        self._take_geometry(path, height, width, class_names, palette)
         self.mpp, self.downsample, self._attributes = mpp, float(downsample), dict(attributes or {})
         self.factors = _level_factors(self.height, self.width)
         self._tmp: Path | None = _temporary_dir(self.path)

@@ -8,6 +8,9 @@ aborts on an error.
 from __future__ import annotations
 
 import abc
+import os
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +24,20 @@ class RowStream(abc.ABC):
     ``class_names`` and ``_next_row`` (the next row expected), and implement ``finish``/``abort``."""
 
     kind: str = "mask"
+
+    def _take_geometry(self, path: str | os.PathLike[str], height: int, width: int, class_names: Sequence[str],
+                       palette: Sequence[Sequence[int]], *, existing_dir: bool = True) -> None:
+        """Check and keep ``path``, the mask's size, its classes and one palette colour per class (and,
+        with ``existing_dir``, that the output directory exists)."""
+        if height < 1 or width < 1:
+            raise CervrtError(f"a {self.kind} mask needs a positive size, got {height} x {width}")
+        colours = np.asarray(palette, np.int64).reshape(-1, 3)
+        if len(colours) != len(class_names):
+            raise CervrtError(f"the palette has {len(colours)} colours for {len(class_names)} class names")
+        self.path, self.height, self.width = Path(path), int(height), int(width)
+        if existing_dir and not self.path.parent.is_dir():
+            raise CervrtError(f"output directory {self.path.parent} does not exist")
+        self.class_names, self._colours = list(class_names), colours.tolist()
 
     def check_rows(self, first_row: int, labels: np.ndarray, *, check_classes: bool = True) -> None:
         """Refuse rows that are not uint8 (n, width), out of order, past the end or (with
