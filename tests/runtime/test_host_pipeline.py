@@ -20,6 +20,7 @@ from cervrt.runtime.lanes import Lanes
 from cervrt.runtime.pipeline import StageTimer, plan_rows
 from cervrt.runtime.predictor import Predictor
 from cervrt.runtime.slide_run import SlideRows
+from tests.support.recording_slide import RecordingSlide
 from tests.support.tiny_onnx import MPP, save_tiny_model, slide_image, tissue_image
 
 STRIDE = 16
@@ -175,23 +176,11 @@ def test_cancel_from_progress_stops_the_overlapped_run(model):
 # ---- the band reader -----------------------------------------------------------------------------
 
 
-class _Slide:
-    def __init__(self, image):
-        self.image, self.reads = image, []
-
-    def read(self, y, x, h, w):
-        self.reads.append((y, x, h, w))
-        out = np.full((h, w, 3), 255, np.uint8)
-        part = self.image[y : y + h, x : x + w]
-        out[: part.shape[0], : part.shape[1]] = part
-        return out
-
-
 def test_prefetched_bands_equal_direct_ones_and_rows_without_windows_are_not_read():
     image = tissue_image(np.random.default_rng(7), 400, 150)
     rows, _ = plan_rows(400, 150, 64, 16, None, 0)
     rows = [(y, xs) for y, xs in rows if not 96 <= y <= 256]  # window rows 112..256 have no tissue
-    slide = _Slide(image)
+    slide = RecordingSlide(image)
     with SlideRows(slide, rows, reference.gather, 64, (0.5,) * 3, (0.25,) * 3, prefetch=True, readers=2) as source:
         for y, xs in rows:
             band, x0 = source.rows(y)

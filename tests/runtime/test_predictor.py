@@ -20,6 +20,7 @@ from cervrt.runtime.pipeline import StageTimer, batches, gate_factors, plan_rows
 from cervrt.runtime.predictor import FusionPath, Predictor, choose_fusion
 from cervrt.runtime.slide_run import SlideRows, mask_format
 from cervrt.runtime.tiling import blend_weights, window_starts
+from tests.support.recording_slide import RecordingSlide
 from tests.support.tiny_onnx import MPP, PATCH, save_tiny_model, slide_image, tissue_image
 
 STRIDE = 16
@@ -256,22 +257,10 @@ def test_the_gpu_path_follows_the_capability_not_the_name():
 # ---- slides -----------------------------------------------------------------------------------------
 
 
-class _RecordingSlide:
-    def __init__(self, image):
-        self.image, self.reads = image, []
-
-    def read(self, y, x, h, w):
-        self.reads.append((y, x, h, w))
-        out = np.full((h, w, 3), 255, np.uint8)
-        part = self.image[y : y + h, x : x + w]
-        out[: part.shape[0], : part.shape[1]] = part
-        return out
-
-
 def test_slide_rows_read_each_row_once_in_bands():
     image = tissue_image(np.random.default_rng(7), 200, 150)
     rows, _ = plan_rows(200, 150, 64, 16, None, 0)
-    slide = _RecordingSlide(image)
+    slide = RecordingSlide(image)
     source = SlideRows(slide, rows, reference.gather, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     got = np.empty((len(rows[0][1]), 3, 64, 64), np.float32)
     expected = np.empty_like(got)
