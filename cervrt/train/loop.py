@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from cervrt._io import ensure_writable_dir, nan_to_none, write_json
 from cervrt.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
@@ -29,6 +28,7 @@ from cervrt.errors import CervrtError
 from cervrt.models import create_model, get_spec, load_encoder_weights
 from cervrt.runtime.tiling import BlendMode
 from cervrt.train.data import PatchDataset, list_regions, load_region, split_regions
+from cervrt.train.epoch import cosine, run_epoch, sgd
 from cervrt.train.evaluate import SlidingWindow, evaluate_regions
 from cervrt.train.losses import EnsembleLoss, build_loss
 from cervrt.train.stages import (
@@ -132,18 +132,6 @@ def _arch_kwargs(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in spec.resolve(kwargs).items() if k != "num_classes"}
 
 
-def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    encoder = [p for n, p in trained if n.startswith("encoder.")]
-    rest = [p for n, p in trained if not n.startswith("encoder.")]
-    groups = [{"params": encoder, "lr": config.lr}, {"params": rest, "lr": config.lr * config.head_lr_mult}]
-    return [g for g in groups if g["params"]]
-
-
-def _cosine(total_steps: int) -> Callable[[int], float]:
-    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
-
-
 class _Run:
     """One training run's state: model, data, optimiser, schedule, loss, history."""
 
@@ -162,9 +150,8 @@ class _Run:
         self._load_data()
         self.out = ensure_writable_dir(stage_out(config, stage))
         self.steps_per_epoch = len(self.loader)
-        self.optimizer = torch.optim.SGD(_param_groups(self.model, config), momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(self.epochs * self.steps_per_epoch))
+        self.optimizer = sgd(self.model, config.lr, config.head_lr_mult, config.momentum, config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine(self.epochs * self.steps_per_epoch))
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         seg_loss = hooks.loss(config) if hooks else build_loss(config.loss)
@@ -212,15 +199,14 @@ class _Run:
         """Mean training loss of one epoch and whether the time limit cut it short."""
         train_mode(self.model, self.stage)
         self.dataset.set_epoch(epoch)
-        losses: list[float] = []
-        bar = tqdm(self.loader, desc=f"{self.stage.value} epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False)
-        for step, (images, masks, labels) in enumerate(bar):
-            self.loss.set_progress((epoch + step / self.steps_per_epoch) / self.epochs)
-            losses.append(self._step(images, masks, labels))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if deadline is not None and time.monotonic() > deadline:
-                return float(np.mean(losses)), True
-        return float(np.mean(losses)), False
+
+        def step(index: int, batch: tuple[torch.Tensor, ...]) -> float:
+            self.loss.set_progress((epoch + index / self.steps_per_epoch) / self.epochs)
+            return self._step(*batch)
+
+        losses, stopped = run_epoch(self.loader, step, desc=f"{self.stage.value} epoch {epoch + 1}/{self.epochs}",
+                                    deadline=deadline)
+        return float(np.mean(losses)), stopped
 
     def validate(self) -> dict[str, Any]:
         if not self.val:

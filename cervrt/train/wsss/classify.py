@@ -1,11 +1,11 @@
 """WSSS phase 1: train the multi-label PDA patch classifier; resumable from ``OUT/last.pt``.
 
-A loop of its own rather than :mod:`cervrt.train.loop`: this one trains a classifier (multi-label
-soft-margin loss on image-level labels, no segmentation validation) and must tell the model its
-epoch for the PDA schedule. Optimiser as in the authors' code: SGD (momentum 0.9, weight decay
-5e-4), the new 1x1 layer at 10x the encoder's learning rate, polynomial decay (power 0.9) per
-iteration. Each epoch ends with an atomic ``OUT/last.pt`` (weights, optimiser, schedule, the PDA
-coefficient, history, the config) and ``OUT/history.json``.
+A run of its own rather than :mod:`cervrt.train.loop` (multi-label soft-margin loss on image-level
+labels, no segmentation validation, the model told its epoch for the PDA schedule), on the same
+epoch loop and optimiser set-up (:mod:`cervrt.train.epoch`). Optimiser as in the authors' code:
+SGD (momentum 0.9, weight decay 5e-4), the new 1x1 layer at 10x the encoder's learning rate,
+polynomial decay (power 0.9) per iteration. Each epoch ends with an atomic ``OUT/last.pt``
+(weights, optimiser, schedule, the PDA coefficient, history, the config) and ``OUT/history.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from cervrt._io import ensure_writable_dir, nan_to_none, write_json
 from cervrt.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
@@ -29,6 +28,7 @@ from cervrt.errors import CervrtError
 from cervrt.glass import GlassThreshold
 from cervrt.models import load_encoder_weights
 from cervrt.models.wsss import PDASchedule, WSSSClassifier
+from cervrt.train.epoch import poly, run_epoch, sgd
 from cervrt.train.tensors import optimizer_step, resolve_device
 from cervrt.train.wsss.data import ClassificationDataset, load_weak_source
 
@@ -92,10 +92,6 @@ def classifier_from_checkpoint(ckpt: dict[str, Any]) -> WSSSClassifier:
     return model.eval()
 
 
-def _poly(total_steps: int) -> Callable[[int], float]:
-    return lambda step: (1.0 - min(step, total_steps) / max(1, total_steps)) ** 0.9
-
-
 class _Run:
     def __init__(self, config: ClassifierConfig, resume: dict[str, Any] | None) -> None:
         config.check()
@@ -112,10 +108,8 @@ class _Run:
                                  drop_last=len(self.dataset) > config.batch_size,
                                  generator=torch.Generator().manual_seed(config.seed))
         self.out = ensure_writable_dir(config.out)
-        groups = [{"params": self.model.encoder.parameters(), "lr": config.lr},
-                  {"params": self.model.fc.parameters(), "lr": config.lr * config.head_lr_mult}]
-        self.optimizer = torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _poly(config.epochs * len(self.loader)))
+        self.optimizer = sgd(self.model, config.lr, config.head_lr_mult, config.momentum, config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly(config.epochs * len(self.loader)))
         self.start_epoch, self.history = 0, []
         if resume is not None:
             self.model.load_state_dict(resume["state_dict"])
@@ -129,18 +123,16 @@ class _Run:
         self.model.set_pda(mu)
         self.model.train()
         self.dataset.set_epoch(epoch)
-        losses, exact = [], []
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch", leave=False)
-        for images, targets in bar:
-            images, targets = images.to(self.device), targets.to(self.device)
+        exact: list[bool] = []
+
+        def step(_: int, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+            images, targets = (t.to(self.device) for t in batch)
             logits = self.model(images)
-            loss = F.multilabel_soft_margin_loss(logits, targets)
-            losses.append(optimizer_step(loss, self.optimizer, self.scheduler))
-            exact += ((logits.detach() > 0) == (targets > 0.5)).all(dim=1).tolist()
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", mu="off" if mu is None else f"{mu:.3f}")
-            if deadline is not None and time.monotonic() > deadline:
-                break
-        stopped = deadline is not None and time.monotonic() > deadline
+            exact.extend(((logits.detach() > 0) == (targets > 0.5)).all(dim=1).tolist())
+            return optimizer_step(F.multilabel_soft_margin_loss(logits, targets), self.optimizer, self.scheduler)
+
+        losses, stopped = run_epoch(self.loader, step, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                                    deadline=deadline, postfix=lambda: {"mu": "off" if mu is None else f"{mu:.3f}"})
         return {"loss": float(np.mean(losses)), "exact_match": float(np.mean(exact)), "pda_mu": mu}, stopped
 
     def save(self, epoch: int) -> None:
