@@ -15,8 +15,11 @@ __all__ = ["synth"]
 @click.option("--size", default=512, show_default=True, type=click.IntRange(64), help="Region side in pixels.")
 @click.option("--weak", "weak_regions", default=0, show_default=True, type=click.IntRange(0),
               help="Extra regions with image-level labels only (weak/labels.csv).")
+@click.option("--weak-size", default=None, type=click.IntRange(16),
+              help="Cut each weak region as a tile of this side from a --size region (patch-sized weak images "
+                   "with exact labels) [--size].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: same seed, same files.")
-def synth(out: str, regions: int, size: int, weak_regions: int, seed: int) -> None:
+def synth(out: str, regions: int, size: int, weak_regions: int, weak_size: int | None, seed: int) -> None:
     """Write a synthetic H&E dataset in the MTCHI layout (images/, masks/, weak/labels.csv).
 
     Regions show stroma, glass and squamous epithelium graded normal, CIN 1, CIN 2 or CIN 3 by
@@ -24,5 +27,5 @@ def synth(out: str, regions: int, size: int, weak_regions: int, seed: int) -> No
     """
     from cervrt.synth import write_dataset
 
-    summary = write_dataset(out, regions=regions, size=size, seed=seed, weak_regions=weak_regions)
+    summary = write_dataset(out, regions=regions, size=size, seed=seed, weak_regions=weak_regions, weak_size=weak_size)
     click.echo(dump(summary))

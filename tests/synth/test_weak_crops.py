@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -37,3 +40,24 @@ def test_same_seed_same_weak_tiles(tmp_path):
     for i in range(3):
         a, b = (read_image(tmp_path / n / "weak" / "images" / f"weak_{i:04d}.png") for n in ("a", "b"))
         assert np.array_equal(a, b)
+
+
+def _synth(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cervrt", "synth", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_synth_weak_size_flag_cuts_tiles_as_the_library_does(tmp_path):
+    result = _synth("--out", "cli", "--regions", "1", "--size", "96", "--seed", "2", "--weak", "3", "--weak-size", "48",
+                    cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    write_dataset(tmp_path / "lib", regions=1, size=96, seed=2, weak_regions=3, weak_size=48, progress=False)
+    for i in range(3):
+        cli, lib = (read_image(tmp_path / n / "weak" / "images" / f"weak_{i:04d}.png") for n in ("cli", "lib"))
+        assert cli.shape == (48, 48, 3) and np.array_equal(cli, lib)
+
+
+def test_synth_weak_size_above_size_is_one_line(tmp_path):
+    result = _synth("--out", "ds", "--regions", "1", "--size", "96", "--weak", "2", "--weak-size", "128", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "weak_size" in lines[0], result.stderr
