@@ -55,7 +55,7 @@ setup(
             sources=[os.path.join(_CSRC, "fusion.c")],
             include_dirs=[_numpy_include(), _CSRC],
             depends=[os.path.join(_CSRC, "fusion_math.h")],
-            extra_compile_args=["-O3", "-std=c11"] if os.name != "nt" else [],
+            extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off"] if os.name != "nt" else [],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION")],
         )
     ],

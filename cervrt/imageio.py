@@ -40,6 +40,9 @@ def _composite(data: np.ndarray, colour: list[int]) -> np.ndarray:
     out = np.empty((*data.shape[:2], 3), np.uint8)
     for r in range(0, data.shape[0], _BAND_ROWS):
         band = data[r : r + _BAND_ROWS]
+        if band[..., -1].min() == 255:  # opaque (a slide read inside its image): the colours as they are
+            out[r : r + _BAND_ROWS] = band[..., colour]
+            continue
         alpha = band[..., -1:].astype(np.float32) * np.float32(1 / 255)
         out[r : r + _BAND_ROWS] = np.rint(band[..., colour] * alpha + _GLASS * (1 - alpha))
     return out

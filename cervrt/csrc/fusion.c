@@ -1,21 +1,22 @@
 /*
  * cervrt._fusion -- the C level of cervrt's sliding-window fusion (plain C on the numpy C API).
  *
- *   gather(image, ys, xs, patch, mean, std, out)
+ *   gather(image, ys, xs, patch, mean, std, out, threads=0)
  *       Crop patches at (ys[i], xs[i]) from an (H, W, 3) uint8 RGB image (any strides) and write
  *       them normalised, CHW, into out[:n] of a reused float32 (B >= n, 3, P, P) buffer.  Pixels
  *       past the bottom or right edge are glass (255), normalised the same way.
- *   accumulate(acc, wsum, probs, ys, xs, weights, gate=None)
+ *   accumulate(acc, wsum, probs, ys, xs, weights, gate=None, threads=0)
  *       acc[:, y, x] += (w * gate[i]) * probs[i], wsum[y, x] += w, for the windows at band-relative
  *       origins (ys[i], xs[i]); rows and columns outside the band are skipped.
- *   argmax(acc, wsum, out, rows)
+ *   argmax(acc, wsum, out, rows, threads=0)
  *       uint8 labels of the first `rows` band rows: argmax of acc / wsum, ties to the lowest
  *       class, uncovered pixels (wsum == 0) 0.
  *
  * The per-pixel math is in fusion_math.h, shared with the CUDA kernels.  Every argument is checked
  * (TypeError for a wrong type or dtype, ValueError for a wrong shape, layout or value) before any
  * memory is touched; the loops then run without the GIL, in parallel with OpenMP when the build
- * defines CERVRT_OPENMP.  Per pixel, windows are always added in their given order, so results do
+ * defines CERVRT_OPENMP: on `threads` threads if positive (1 where other pipeline threads share the
+ * cores), else OpenMP's default.  Per pixel, windows are always added in their given order, so results do
  * not depend on the number of threads, and they match the numpy reference bit for bit when the
  * compiler does not contract a * b + c into an FMA (GCC in ISO C mode, as built by setup.py).
  */
@@ -24,6 +25,9 @@
 #include <numpy/arrayobject.h>
 
 #include <math.h>
+#ifdef CERVRT_OPENMP
+#include <omp.h>
+#endif
 
 #include "fusion_math.h"
 
@@ -41,6 +45,33 @@
  * can wait a scheduler slice for its second thread: there, OMP_NUM_THREADS=1 is the faster setting.
  */
 #define CERVRT_PARALLEL_MIN 100000
+
+/*
+ * The loops below are compiled twice on x86-64 Linux with GCC: for AVX2 and for the baseline, and the
+ * loader picks the one the CPU runs (target_clones, an ifunc).  AVX2 without FMA: the vector code does
+ * each pixel's operations in the same order as the scalar code, so both give the same bits.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CERVRT_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CERVRT_CLONES
+#endif
+
+/* Rows of the accumulation done window by window before moving to the next block of rows: the sums
+ * of a block stay in cache while every window of the batch adds to them. */
+#define CERVRT_ROW_BLOCK 16
+
+/* The team size of a parallel region: `threads` if positive (the caller's choice, e.g. 1 beside
+ * other pipeline threads), else OpenMP's default. */
+static int team_size(Py_ssize_t threads)
+{
+#ifdef CERVRT_OPENMP
+    return threads > 0 ? (int)(threads < 1024 ? threads : 1024) : omp_get_max_threads();
+#else
+    (void)threads;
+    return 1;
+#endif
+}
 
 /* ---- argument checks ------------------------------------------------------------------------ */
 
@@ -139,6 +170,19 @@ typedef struct {
     npy_intp sy, sx, sc;       /* byte strides of rows, columns, channels (any sign) */
 } image_view;
 
+/* ncols pixels of packed RGB (the usual layout) normalised into the three planes at o. */
+CERVRT_CLONES static void gather_rgb(const unsigned char *restrict src, npy_intp ncols, npy_intp plane,
+                                     const float *scale, const float *bias, float *restrict o)
+{
+    const float s0 = scale[0], s1 = scale[1], s2 = scale[2], b0 = bias[0], b1 = bias[1], b2 = bias[2];
+    float *restrict o1 = o + plane, *restrict o2 = o + 2 * plane;
+    for (npy_intp x = 0; x < ncols; ++x) {
+        o[x] = cervrt_normalize(src[3 * x], s0, b0);
+        o1[x] = cervrt_normalize(src[3 * x + 1], s1, b1);
+        o2[x] = cervrt_normalize(src[3 * x + 2], s2, b2);
+    }
+}
+
 /* Write row r of patch i (3 planes of P floats) into o; out-of-image pixels are glass. */
 static void gather_row(const image_view *im, cervrt_i64 y0, cervrt_i64 x0, npy_intp r, npy_intp P,
                        const float *scale, const float *bias, const float *glass, float *o)
@@ -149,7 +193,9 @@ static void gather_row(const image_view *im, cervrt_i64 y0, cervrt_i64 x0, npy_i
      * change of ys/xs cannot lead outside the image.  With y0, x0 >= 0 nothing below overflows. */
     if (y0 >= 0 && x0 >= 0 && y0 < im->height && r < im->height - y0 && x0 < im->width)
         ncols = (im->width - x0 < P) ? (im->width - x0) : P;
-    if (ncols > 0) {
+    if (ncols > 0 && im->sx == 3 && im->sc == 1) {
+        gather_rgb(im->data + (y0 + r) * im->sy + x0 * 3, ncols, plane, scale, bias, o);
+    } else if (ncols > 0) {
         const unsigned char *src = im->data + (y0 + r) * im->sy + x0 * im->sx;
         for (npy_intp x = 0; x < ncols; ++x, src += im->sx) {
             o[x] = cervrt_normalize(src[0], scale[0], bias[0]);
@@ -165,13 +211,13 @@ static void gather_row(const image_view *im, cervrt_i64 y0, cervrt_i64 x0, npy_i
 }
 
 static void gather_impl(const image_view *im, const cervrt_i64 *ys, const cervrt_i64 *xs, npy_intp n,
-                        npy_intp P, const float *scale, const float *bias, float *out)
+                        npy_intp P, const float *scale, const float *bias, float *out, int team)
 {
     float glass[3];
     for (int c = 0; c < 3; ++c)
         glass[c] = cervrt_normalize(255, scale[c], bias[c]);
     const npy_intp total = n * P;
-    CERVRT_PRAGMA_OMP(omp parallel for schedule(static) if (total * P > CERVRT_PARALLEL_MIN))
+    CERVRT_PRAGMA_OMP(omp parallel for schedule(static) num_threads(team) if (team > 1 && total * P > CERVRT_PARALLEL_MIN))
     for (npy_intp k = 0; k < total; ++k) {
         const npy_intp i = k / P, r = k % P;
         gather_row(im, ys[i], xs[i], r, P, scale, bias, glass, out + i * 3 * P * P + r * P);
@@ -181,11 +227,11 @@ static void gather_impl(const image_view *im, const cervrt_i64 *ys, const cervrt
 static PyObject *fusion_gather(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *kwlist[] = {"image", "ys", "xs", "patch", "mean", "std", "out", NULL};
+    static char *kwlist[] = {"image", "ys", "xs", "patch", "mean", "std", "out", "threads", NULL};
     PyObject *image_obj, *ys_obj, *xs_obj, *mean_obj, *std_obj, *out_obj;
-    Py_ssize_t patch;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnOOO:gather", kwlist, &image_obj, &ys_obj, &xs_obj,
-                                     &patch, &mean_obj, &std_obj, &out_obj))
+    Py_ssize_t patch, threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnOOO|n:gather", kwlist, &image_obj, &ys_obj, &xs_obj,
+                                     &patch, &mean_obj, &std_obj, &out_obj, &threads))
         return NULL;
     PyArrayObject *image = check_array(image_obj, "image", NPY_UINT8, "uint8", 3, 0);
     if (image == NULL)
@@ -228,8 +274,9 @@ static PyObject *fusion_gather(PyObject *self, PyObject *args, PyObject *kwargs)
         cervrt_norm_coeffs(mean[c], std[c], &scale[c], &bias[c]);
     image_view im = {(const unsigned char *)PyArray_BYTES(image), PyArray_DIM(image, 0), PyArray_DIM(image, 1),
                      PyArray_STRIDE(image, 0), PyArray_STRIDE(image, 1), PyArray_STRIDE(image, 2)};
+    const int team = team_size(threads);
     Py_BEGIN_ALLOW_THREADS
-    gather_impl(&im, y, x, n, patch, scale, bias, (float *)PyArray_DATA(out));
+    gather_impl(&im, y, x, n, patch, scale, bias, (float *)PyArray_DATA(out), team);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -246,23 +293,29 @@ typedef struct {
     npy_intp n, P;
 } band_job;
 
-/* Add every window's row that falls on band row y, window by window in the given order. */
-static void accumulate_row(const band_job *j, npy_intp y)
+/* Add every window's rows that fall on band rows [y_lo, y_hi), a block of CERVRT_ROW_BLOCK rows at a time,
+ * window by window in the given order within a block (so each pixel gets its windows in order). */
+CERVRT_CLONES static void accumulate_rows(const band_job *j, npy_intp y_lo, npy_intp y_hi)
 {
     const npy_intp plane = j->Hb * j->W, pplane = j->P * j->P;
-    for (npy_intp i = 0; i < j->n; ++i) {
-        const cervrt_i64 y0 = j->ys[i], x0 = j->xs[i];
-        /* Reject far-away windows first so that the differences below cannot overflow. */
-        if (y0 <= -j->P || y0 > y || x0 <= -j->P || x0 >= j->W || y - y0 >= j->P)
-            continue;
-        const npy_intp r = y - y0;
-        const npy_intp c0 = x0 < 0 ? -x0 : 0;
-        const npy_intp c1 = (j->W - x0 < j->P) ? j->W - x0 : j->P;
-        const npy_intp offset = y * j->W + x0 + c0;
-        cervrt_accumulate_span(j->acc + offset, plane, j->wsum + offset,
-                               j->probs + i * j->C * pplane + r * j->P + c0, pplane,
-                               j->weights + r * j->P + c0, j->gate ? j->gate + i * j->C : NULL,
-                               (int)j->C, c1 - c0);
+    for (npy_intp b0 = y_lo; b0 < y_hi; b0 += CERVRT_ROW_BLOCK) {
+        const npy_intp b1 = (y_hi - b0 < CERVRT_ROW_BLOCK) ? y_hi : b0 + CERVRT_ROW_BLOCK;
+        for (npy_intp i = 0; i < j->n; ++i) {
+            const cervrt_i64 y0 = j->ys[i], x0 = j->xs[i];
+            /* Reject far-away windows first so that the differences below cannot overflow. */
+            if (y0 <= -j->P || y0 >= b1 || x0 <= -j->P || x0 >= j->W || b0 - y0 >= j->P)
+                continue;
+            const npy_intp first = (y0 > b0) ? y0 : b0, end = (y0 + j->P < b1) ? y0 + j->P : b1;
+            const npy_intp c0 = x0 < 0 ? -x0 : 0;
+            const npy_intp c1 = (j->W - x0 < j->P) ? j->W - x0 : j->P;
+            for (npy_intp y = first; y < end; ++y) {
+                const npy_intp r = y - y0, offset = y * j->W + x0 + c0;
+                cervrt_accumulate_span(j->acc + offset, plane, j->wsum + offset,
+                                       j->probs + i * j->C * pplane + r * j->P + c0, pplane,
+                                       j->weights + r * j->P + c0, j->gate ? j->gate + i * j->C : NULL,
+                                       (int)j->C, c1 - c0);
+            }
+        }
     }
 }
 
@@ -281,13 +334,18 @@ static void covered_rows(const band_job *j, npy_intp *lo, npy_intp *hi)
     }
 }
 
-static void accumulate_impl(const band_job *j)
+static void accumulate_impl(const band_job *j, int team)
 {
     npy_intp lo, hi;
     covered_rows(j, &lo, &hi);
-    CERVRT_PRAGMA_OMP(omp parallel for schedule(static) if (j->n * j->P * j->P > CERVRT_PARALLEL_MIN))
-    for (npy_intp y = lo; y < hi; ++y)
-        accumulate_row(j, y);
+    if (hi <= lo)
+        return;
+    const npy_intp blocks = (hi - lo + CERVRT_ROW_BLOCK - 1) / CERVRT_ROW_BLOCK;
+    CERVRT_PRAGMA_OMP(omp parallel for schedule(static) num_threads(team) if (team > 1 && j->n * j->P * j->P > CERVRT_PARALLEL_MIN))
+    for (npy_intp b = 0; b < blocks; ++b) {
+        const npy_intp y = lo + b * CERVRT_ROW_BLOCK;
+        accumulate_rows(j, y, (hi - y < CERVRT_ROW_BLOCK) ? hi : y + CERVRT_ROW_BLOCK);
+    }
 }
 
 /* acc (C, Hb, W) and wsum (Hb, W): float32, contiguous, writeable, matching. */
@@ -331,10 +389,11 @@ static int check_probs(PyArrayObject *probs, PyArrayObject *weights, npy_intp n,
 static PyObject *fusion_accumulate(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *kwlist[] = {"acc", "wsum", "probs", "ys", "xs", "weights", "gate", NULL};
+    static char *kwlist[] = {"acc", "wsum", "probs", "ys", "xs", "weights", "gate", "threads", NULL};
     PyObject *acc_obj, *wsum_obj, *probs_obj, *ys_obj, *xs_obj, *weights_obj, *gate_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|O:accumulate", kwlist, &acc_obj, &wsum_obj,
-                                     &probs_obj, &ys_obj, &xs_obj, &weights_obj, &gate_obj))
+    Py_ssize_t threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|On:accumulate", kwlist, &acc_obj, &wsum_obj,
+                                     &probs_obj, &ys_obj, &xs_obj, &weights_obj, &gate_obj, &threads))
         return NULL;
     PyArrayObject *acc, *wsum, *ys, *xs, *gate = NULL;
     if (check_band(acc_obj, wsum_obj, &acc, &wsum) < 0)
@@ -367,31 +426,60 @@ static PyObject *fusion_accumulate(PyObject *self, PyObject *args, PyObject *kwa
                     PyArray_DIM(acc, 2), (const float *)PyArray_DATA(probs), (const float *)PyArray_DATA(weights),
                     gate ? (const float *)PyArray_DATA(gate) : NULL, (const cervrt_i64 *)PyArray_DATA(ys),
                     (const cervrt_i64 *)PyArray_DATA(xs), n, PyArray_DIM(probs, 2)};
+    const int team = team_size(threads);
     Py_BEGIN_ALLOW_THREADS
-    accumulate_impl(&job);
+    accumulate_impl(&job, team);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 /* ---- argmax --------------------------------------------------------------------------------- */
 
+/* Labels of band row y in chunks of CERVRT_ARGMAX_CHUNK pixels, class by class over a chunk so that the
+ * pixel loop vectorises; per pixel exactly cervrt_argmax_pixel's divisions, comparisons and ties. */
+#define CERVRT_ARGMAX_CHUNK 256
+CERVRT_CLONES static void argmax_row(const float *acc, const float *wsum, npy_intp C, npy_intp plane, npy_intp W,
+                                     cervrt_u8 *out)
+{
+    float best[CERVRT_ARGMAX_CHUNK], label[CERVRT_ARGMAX_CHUNK];
+    for (npy_intp x0 = 0; x0 < W; x0 += CERVRT_ARGMAX_CHUNK) {
+        const npy_intp n = (W - x0 < CERVRT_ARGMAX_CHUNK) ? W - x0 : CERVRT_ARGMAX_CHUNK;
+        const float *ws = wsum + x0;
+        for (npy_intp x = 0; x < n; ++x) {
+            best[x] = cervrt_div(acc[x0 + x], ws[x]);
+            label[x] = 0.0f;
+        }
+        for (npy_intp c = 1; c < C; ++c) {
+            const float *a = acc + c * plane + x0, k = (float)c;
+            for (npy_intp x = 0; x < n; ++x) {
+                const float value = cervrt_div(a[x], ws[x]);
+                const int better = value > best[x];
+                best[x] = better ? value : best[x];
+                label[x] = better ? k : label[x];
+            }
+        }
+        for (npy_intp x = 0; x < n; ++x)
+            out[x0 + x] = (ws[x] > 0.0f) ? (cervrt_u8)label[x] : 0;
+    }
+}
+
 static void argmax_impl(const float *acc, const float *wsum, npy_intp C, npy_intp Hb, npy_intp W,
-                        npy_intp rows, cervrt_u8 *out)
+                        npy_intp rows, cervrt_u8 *out, int team)
 {
     const npy_intp plane = Hb * W;
-    CERVRT_PRAGMA_OMP(omp parallel for schedule(static) if (rows * W * C > CERVRT_PARALLEL_MIN))
+    CERVRT_PRAGMA_OMP(omp parallel for schedule(static) num_threads(team) if (team > 1 && rows * W * C > CERVRT_PARALLEL_MIN))
     for (npy_intp y = 0; y < rows; ++y)
-        for (npy_intp x = 0; x < W; ++x)
-            out[y * W + x] = cervrt_argmax_pixel(acc + y * W + x, plane, wsum[y * W + x], (int)C);
+        argmax_row(acc + y * W, wsum + y * W, C, plane, W, out + y * W);
 }
 
 static PyObject *fusion_argmax(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *kwlist[] = {"acc", "wsum", "out", "rows", NULL};
+    static char *kwlist[] = {"acc", "wsum", "out", "rows", "threads", NULL};
     PyObject *acc_obj, *wsum_obj, *out_obj;
-    Py_ssize_t rows;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOn:argmax", kwlist, &acc_obj, &wsum_obj, &out_obj, &rows))
+    Py_ssize_t rows, threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOn|n:argmax", kwlist, &acc_obj, &wsum_obj, &out_obj, &rows,
+                                     &threads))
         return NULL;
     PyArrayObject *acc, *wsum;
     if (check_band(acc_obj, wsum_obj, &acc, &wsum) < 0)
@@ -410,9 +498,10 @@ static PyObject *fusion_argmax(PyObject *self, PyObject *args, PyObject *kwargs)
                      (Py_ssize_t)(Hb < PyArray_DIM(out, 0) ? Hb : PyArray_DIM(out, 0)), rows);
         return NULL;
     }
+    const int team = team_size(threads);
     Py_BEGIN_ALLOW_THREADS
     argmax_impl((const float *)PyArray_DATA(acc), (const float *)PyArray_DATA(wsum), C, Hb, W, rows,
-                (cervrt_u8 *)PyArray_DATA(out));
+                (cervrt_u8 *)PyArray_DATA(out), team);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -421,15 +510,15 @@ static PyObject *fusion_argmax(PyObject *self, PyObject *args, PyObject *kwargs)
 
 static PyMethodDef fusion_methods[] = {
     {"gather", (PyCFunction)(void (*)(void))fusion_gather, METH_VARARGS | METH_KEYWORDS,
-     "gather(image, ys, xs, patch, mean, std, out)\n--\n\n"
+     "gather(image, ys, xs, patch, mean, std, out, threads=0)\n--\n\n"
      "Crop, pad with glass (255) and normalise patches of an (H, W, 3) uint8 image into out[:n] "
      "(float32, C-contiguous, (B >= n, 3, P, P))."},
     {"accumulate", (PyCFunction)(void (*)(void))fusion_accumulate, METH_VARARGS | METH_KEYWORDS,
-     "accumulate(acc, wsum, probs, ys, xs, weights, gate=None)\n--\n\n"
+     "accumulate(acc, wsum, probs, ys, xs, weights, gate=None, threads=0)\n--\n\n"
      "acc[:, y, x] += (w * gate[i]) * probs[i], wsum[y, x] += w for windows at band-relative "
      "origins; rows and columns outside the band are skipped."},
     {"argmax", (PyCFunction)(void (*)(void))fusion_argmax, METH_VARARGS | METH_KEYWORDS,
-     "argmax(acc, wsum, out, rows)\n--\n\n"
+     "argmax(acc, wsum, out, rows, threads=0)\n--\n\n"
      "uint8 labels of the first rows band rows into out: argmax of acc / wsum, ties to the lowest "
      "class, uncovered pixels 0."},
     {NULL, NULL, 0, NULL},

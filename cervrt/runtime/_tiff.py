@@ -133,6 +133,10 @@ class TiledLevel:
         """Bytes of decoded tiles held now (at most ``cache_bytes``, or one tile when that is larger)."""
         return self._cached
 
+    @property
+    def tile_height(self) -> int:
+        return self._th
+
     def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
         rows, cols = index
         y0, x0 = rows.start or 0, cols.start or 0

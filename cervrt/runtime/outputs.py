@@ -400,9 +400,12 @@ def write_overlay(path: str | os.PathLike[str], thumbnail_rgb: np.ndarray, label
     h, w = thumbnail_rgb.shape[:2]
     labels = cv2.resize(labels_small, (w, h), interpolation=cv2.INTER_NEAREST)
     out = thumbnail_rgb.copy()
-    fg = labels > 0
-    out[fg] = np.rint((1 - alpha) * thumbnail_rgb[fg] + alpha * colours[labels[fg]]).astype(np.uint8)
     present = {int(k) for k in np.unique(labels) if k > 0}
+    values = np.arange(256, dtype=np.float64)[:, None]
+    for k in sorted(present):  # each class's blend as a lookup table: rint((1 - alpha) * v + alpha * colour)
+        lut = np.rint((1 - alpha) * values + alpha * colours[k][None, :]).astype(np.uint8)
+        blended = cv2.LUT(thumbnail_rgb, lut.reshape(1, 256, 3))
+        np.copyto(out, blended, where=(labels == k)[..., None])
     for k in sorted(present):
         contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, _outline(colours[k]), max(1, round(w / 800)), cv2.LINE_AA)

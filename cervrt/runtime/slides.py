@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import abc
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,8 @@ _MPP_RANGE = (0.01, 100.0)  # plausible microns per pixel of a microscope image
 _TOLERANCE = 1e-3  # relative: a level within 0.1% of the target is at the target
 _BLOCK = 2048  # output pixels per side resampled at once (OpenCV's warp is limited to 32767)
 _BAND_BYTES = 64 << 20  # level bytes read at once when making a thumbnail
+#: Threads that read and shrink a thumbnail's bands at once (decoders release the GIL).
+THUMBNAIL_READERS = max(1, min(4, os.cpu_count() or 1))
 #: Suffixes of two parts (a slide named ``a.ome.tif`` is called ``a``).
 COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif")
 
@@ -96,6 +100,12 @@ class Slide(abc.ABC):
         self.mpp = mpp
         self.native_mpp = native_mpp
         self.downsample = downsample
+
+    @property
+    def read_rows(self) -> int | None:
+        """The rows reads are best aligned to (the tile height of the level read at the processing
+        resolution): reads that share no such block decode no tile twice. None when there is none."""
+        return None
 
     def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         """RGB uint8 (h, w, 3) of the window at (y, x), in processing-resolution pixels; white past the edges."""
@@ -199,6 +209,15 @@ class _PyramidSlide(Slide):
         """The pyramid level reads come from."""
         return self._level
 
+    @property
+    def read_rows(self) -> int | None:
+        tile = self._tile_height(self._level) if self._scale == 1.0 else None
+        return tile if tile and tile > 1 else None
+
+    def _tile_height(self, level: int) -> int | None:
+        """The tile height of ``level``, or None (not tiled, or not known)."""
+        return None
+
     def _finest_coarse_enough(self, downsample: float) -> int:
         """The coarsest level whose downsample is at most ``downsample`` (level 0 if none)."""
         fits = [k for k, d in enumerate(self._downsamples) if d <= downsample * (1 + _TOLERANCE)]
@@ -244,12 +263,22 @@ class _PyramidSlide(Slide):
         level = self._finest_coarse_enough(self._sizes[0][0] / width)
         lw, lh = self._sizes[level]
         band = max(1, int(_BAND_BYTES / (3 * lw * max(lh / height, 1.0))))  # thumbnail rows per band
+        band = min(band, -(-height // THUMBNAIL_READERS))  # at least one band per reader thread
         out = np.empty((height, width, 3), np.uint8)
-        for a in range(0, height, band):
+
+        def shrink(a: int) -> None:
             b = min(a + band, height)
             r0, r1 = round(a * lh / height), max(round(b * lh / height), round(a * lh / height) + 1)
             rows = self._read_level(level, r0, 0, r1 - r0, lw)
             out[a:b] = cv2.resize(rows, (width, b - a), interpolation=cv2.INTER_AREA)
+
+        starts = range(0, height, band)
+        pool = ThreadPoolExecutor(max(1, min(THUMBNAIL_READERS, len(starts))), "cervrt-thumbnail")
+        try:
+            for done in [pool.submit(shrink, a) for a in starts]:
+                done.result()  # the first band's error, if any
+        finally:
+            pool.shutdown(cancel_futures=True)  # after an error, the bands not started are not read
         return out
 
     @abc.abstractmethod
@@ -285,6 +314,10 @@ class TiffSlide(_PyramidSlide):
         sizes = [(int(z.shape[axes[1]]), int(z.shape[axes[0]])) for z in self._levels]
         super().__init__(path, target_mpp, mpp, sizes=sizes, downsamples=[sizes[0][0] / w for w, _ in sizes],
                          file_mpp=file_mpp)
+
+    def _tile_height(self, level: int) -> int | None:
+        reader = self._levels[level] if level < len(self._levels) else None
+        return getattr(reader, "tile_height", None)
 
     @staticmethod
     def _check_axes(axes: str, path: Path) -> bool:
@@ -335,6 +368,10 @@ class OpenSlideSlide(_PyramidSlide):
         super().__init__(path, target_mpp, mpp, sizes=[tuple(map(int, s)) for s in self._osr.level_dimensions],
                          downsamples=[float(d) for d in self._osr.level_downsamples],
                          file_mpp=None if file_mpp is None else float(file_mpp))
+
+    def _tile_height(self, level: int) -> int | None:
+        value = self._osr.properties.get(f"openslide.level[{level}].tile-height") if self._osr is not None else None
+        return int(value) if value and str(value).isdigit() else None
 
     def _read_box(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         if self._osr is None:

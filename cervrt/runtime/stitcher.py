@@ -114,7 +114,8 @@ class BandFusion(abc.ABC):
         if ys.shape != xs.shape:
             raise CervrtError(f"ys and xs must have the same length, got {ys.size} and {xs.size}")
         for name, values, starts in (("row", ys, self.y_starts), ("column", xs, self.x_starts)):
-            off_plan = values[~np.isin(values, starts)]
+            found = np.minimum(np.searchsorted(starts, values), starts.size - 1)  # starts are sorted
+            off_plan = values[starts[found] != values]
             if off_plan.size:
                 raise CervrtError(
                     f"window {name} {off_plan[0]} is not on the tiling plan (window_starts with patch "
