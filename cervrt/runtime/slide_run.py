@@ -24,12 +24,12 @@ background and the report says ``"no_tissue": true``.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,7 +51,8 @@ from cervrt.runtime.outputs import (
 from cervrt.runtime.pipeline import STAGES, Progress, Rows, StageTimer
 from cervrt.runtime.stitcher import LabelChunk
 
-__all__ = ["READ_THREADS", "THUMBNAIL_SIDE", "SlidePredictor", "SlideResult", "SlideRows", "mask_format", "run_slide", "slide_report"]
+__all__ = ["READ_THREADS", "THUMBNAIL_SIDE", "SlidePredictor", "SlideResult", "SlideRows", "mask_format", "run_slide",
+           "slide_report"]
 
 #: Longest side of the overlay and of the label thumbnail the GeoJSON is traced from.
 THUMBNAIL_SIDE = 2048
@@ -369,8 +370,10 @@ def _tissue(predictor: SlidePredictor, slide: Any, timer: StageTimer) -> tuple[A
 
 def _write_mask(predictor: SlidePredictor, slide: Any, rows: Rows, fmts: list[OutputFormat], paths: dict[str, Path],
                 simplify: float | None, timer: StageTimer, progress: Progress | None,
-                done: list[Path], overlap: bool = True, on_rows: OnRows | None = None) -> tuple[int, _LabelSink]:
-    """Every mask format and the GeoJSON from one pass of the rows; each finished output joins ``done``."""
+                done: list[Path], overlap: bool = True, on_rows: OnRows | None = None,
+                then: Callable[[Any], None] | None = None) -> tuple[int, _LabelSink]:
+    """Every mask format and the GeoJSON from one pass of the rows; each finished output joins ``done``.
+    ``then(label_thumbnail)`` runs on a thread of its own while the writers finish (their pyramids)."""
     h, w = slide.height, slide.width
     engine = predictor.engine
     context = SinkContext(engine.class_names, engine.palette, slide, provenance(engine))
@@ -387,18 +390,20 @@ def _write_mask(predictor: SlidePredictor, slide: Any, rows: Rows, fmts: list[Ou
         source = stack.enter_context(SlideRows(slide, rows, *predictor.gather_args(), prefetch=overlap,
                                                readers=READ_THREADS if overlap else 1))
         run = predictor.label_rows(source, rows, h, w, rows_sink(sink, on_rows), timer, progress, overlap=overlap)
-        with timer("write"):
+        with timer("write"), ThreadPoolExecutor(1, "cervrt-pictures") as pool:
+            pictures = None if then is None else pool.submit(then, sink.thumbnail)
             for path, writer in writers:
                 writer.close()
                 done.append(path)
+            if pictures is not None:
+                pictures.result()
     return run, sink
 
 
-def _write_pictures(predictor: SlidePredictor, slide: Any, picture: np.ndarray, thumbnail: LabelThumbnail,
+def _write_pictures(predictor: SlidePredictor, picture: np.ndarray, thumbnail: LabelThumbnail,
                     paths: dict[str, Path], done: list[Path]) -> None:
     engine = predictor.engine
-    labels = thumbnail.labels
-    write_overlay(paths["overlay"], picture, labels, engine.palette, engine.class_names)
+    write_overlay(paths["overlay"], picture, thumbnail.labels, engine.palette, engine.class_names)
     done.append(paths["overlay"])
 
 
@@ -431,9 +436,8 @@ def run_slide(predictor: SlidePredictor, path: str | Path, out_dir: str | Path, 
         rows, skipped = predictor.plan_windows(slide.height, slide.width, tissue)
         with _all_or_nothing() as done:
             run, sink = _write_mask(predictor, slide, rows, fmts, paths, geojson_simplify, timer, progress, done,
-                                    overlap, on_rows)
-            with timer("write"):
-                _write_pictures(predictor, slide, picture, sink.thumbnail, paths, done)
+                                    overlap, on_rows,
+                                    then=lambda labels: _write_pictures(predictor, picture, labels, paths, done))
             seconds = time.perf_counter() - start
             report = slide_report(predictor, slide, name, sink.counts, run, skipped, timer, seconds, fmts, paths)
             write_json(paths["json"], report)

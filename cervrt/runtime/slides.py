@@ -49,6 +49,7 @@ _BLOCK = 2048  # output pixels per side resampled at once (OpenCV's warp is limi
 _BAND_BYTES = 64 << 20  # level bytes read at once when making a thumbnail
 #: Threads that read and shrink a thumbnail's bands at once (decoders release the GIL).
 THUMBNAIL_READERS = max(1, min(4, os.cpu_count() or 1))
+_THUMBNAIL_ALIGN = 1024  # level rows a thumbnail band starts at a multiple of
 #: Suffixes of two parts (a slide named ``a.ome.tif`` is called ``a``).
 COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif")
 
@@ -227,7 +228,8 @@ class _PyramidSlide(Slide):
         """RGB uint8 (h, w, 3) of a box in ``level`` pixels, white outside the level."""
         width, height = self._sizes[level]
         y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, height), min(x + w, width)
-        out = np.full((h, w, 3), _GLASS, np.uint8)
+        inside = (y0, x0, y1, x1) == (y, x, y + h, x + w)
+        out = None if inside else np.full((h, w, 3), _GLASS, np.uint8)  # inside: the box is the answer
         if y1 > y0 and x1 > x0:
             try:
                 box = self._read_box(level, y0, x0, y1 - y0, x1 - x0)
@@ -236,6 +238,8 @@ class _PyramidSlide(Slide):
             except Exception as exc:
                 raise SlideError(f"cannot read {self.path} at level {level}, rows {y0}-{y1}: "
                                   f"the file is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+            if out is None:
+                return np.ascontiguousarray(box)
             out[y0 - y : y1 - y, x0 - x : x1 - x] = box
         return out
 
@@ -262,20 +266,23 @@ class _PyramidSlide(Slide):
     def _thumbnail(self, width: int, height: int) -> np.ndarray:
         level = self._finest_coarse_enough(self._sizes[0][0] / width)
         lw, lh = self._sizes[level]
-        band = max(1, int(_BAND_BYTES / (3 * lw * max(lh / height, 1.0))))  # thumbnail rows per band
-        band = min(band, -(-height // THUMBNAIL_READERS))  # at least one band per reader thread
+        step = max(1, _BAND_BYTES // (3 * lw), -(-lh // height))  # level rows per band (>= one thumbnail row)
+        step = min(step, -(-lh // THUMBNAIL_READERS))  # at least one band per reader thread
+        # Bands start at multiples of _THUMBNAIL_ALIGN rows, so that bands read at once share no tile row
+        # of the usual power-of-two tile heights, and the thumbnail does not depend on the file's tiling.
+        step = max(_THUMBNAIL_ALIGN, step // _THUMBNAIL_ALIGN * _THUMBNAIL_ALIGN)
+        edges = [*range(0, lh, step), lh]
         out = np.empty((height, width, 3), np.uint8)
 
-        def shrink(a: int) -> None:
-            b = min(a + band, height)
-            r0, r1 = round(a * lh / height), max(round(b * lh / height), round(a * lh / height) + 1)
-            rows = self._read_level(level, r0, 0, r1 - r0, lw)
-            out[a:b] = cv2.resize(rows, (width, b - a), interpolation=cv2.INTER_AREA)
+        def shrink(r0: int, r1: int) -> None:
+            a, b = round(r0 * height / lh), round(r1 * height / lh)
+            if b > a:
+                rows = self._read_level(level, r0, 0, r1 - r0, lw)
+                out[a:b] = cv2.resize(rows, (width, b - a), interpolation=cv2.INTER_AREA)
 
-        starts = range(0, height, band)
-        pool = ThreadPoolExecutor(max(1, min(THUMBNAIL_READERS, len(starts))), "cervrt-thumbnail")
+        pool = ThreadPoolExecutor(max(1, min(THUMBNAIL_READERS, len(edges) - 1)), "cervrt-thumbnail")
         try:
-            for done in [pool.submit(shrink, a) for a in starts]:
+            for done in [pool.submit(shrink, r0, r1) for r0, r1 in zip(edges, edges[1:], strict=False)]:
                 done.result()  # the first band's error, if any
         finally:
             pool.shutdown(cancel_futures=True)  # after an error, the bands not started are not read
