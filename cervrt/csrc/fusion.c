@@ -5,10 +5,11 @@
  *       Crop patches at (ys[i], xs[i]) from an (H, W, 3) uint8 RGB image (any strides) and write
  *       them normalised, CHW, into out[:n] of a reused float32 (B >= n, 3, P, P) buffer.  Pixels
  *       past the bottom or right edge are glass (255), normalised the same way.
- *   accumulate(acc, wsum, probs, ys, xs, weights, gate=None, threads=0)
+ *   accumulate(acc, wsum, probs, ys, xs, weights, gate=None, threads=0, base=0)
  *       acc[:, y, x] += (w * gate[i]) * probs[i], wsum[y, x] += w, for the windows at band-relative
- *       origins (ys[i], xs[i]); rows and columns outside the band are skipped.
- *   argmax(acc, wsum, out, rows, threads=0)
+ *       origins (ys[i], xs[i]); rows and columns outside the band are skipped.  Band row y is
+ *       stored in row (y + base) % Hb of acc and wsum (a ring, so the band moves down without a copy).
+ *   argmax(acc, wsum, out, rows, threads=0, base=0)
  *       uint8 labels of the first `rows` band rows: argmax of acc / wsum, ties to the lowest
  *       class, uncovered pixels (wsum == 0) 0.
  *
@@ -291,6 +292,7 @@ typedef struct {
     const float *gate;          /* (n, C) or NULL */
     const cervrt_i64 *ys, *xs;  /* band-relative window origins */
     npy_intp n, P;
+    npy_intp base;              /* band row y is stored in row (y + base) % Hb: a ring */
 } band_job;
 
 /* Add every window's rows that fall on band rows [y_lo, y_hi), a block of CERVRT_ROW_BLOCK rows at a time,
@@ -309,7 +311,8 @@ CERVRT_CLONES static void accumulate_rows(const band_job *j, npy_intp y_lo, npy_
             const npy_intp c0 = x0 < 0 ? -x0 : 0;
             const npy_intp c1 = (j->W - x0 < j->P) ? j->W - x0 : j->P;
             for (npy_intp y = first; y < end; ++y) {
-                const npy_intp r = y - y0, offset = y * j->W + x0 + c0;
+                const npy_intp stored = (y + j->base < j->Hb) ? y + j->base : y + j->base - j->Hb;
+                const npy_intp r = y - y0, offset = stored * j->W + x0 + c0;
                 cervrt_accumulate_span(j->acc + offset, plane, j->wsum + offset,
                                        j->probs + i * j->C * pplane + r * j->P + c0, pplane,
                                        j->weights + r * j->P + c0, j->gate ? j->gate + i * j->C : NULL,
@@ -367,6 +370,17 @@ static int check_band(PyObject *acc_obj, PyObject *wsum_obj, PyArrayObject **acc
     return 0;
 }
 
+/* The ring offset of a band of Hb rows: 0 <= base < Hb. */
+static int check_base(Py_ssize_t base, npy_intp Hb)
+{
+    if (base < 0 || (base > 0 && base >= Hb)) {
+        PyErr_Format(PyExc_ValueError, "base must be between 0 and %zd (a band row), got %zd",
+                     (Py_ssize_t)(Hb > 0 ? Hb - 1 : 0), base);
+        return -1;
+    }
+    return 0;
+}
+
 static int check_probs(PyArrayObject *probs, PyArrayObject *weights, npy_intp n, npy_intp C)
 {
     if (PyArray_DIM(probs, 0) < n) {
@@ -389,14 +403,14 @@ static int check_probs(PyArrayObject *probs, PyArrayObject *weights, npy_intp n,
 static PyObject *fusion_accumulate(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *kwlist[] = {"acc", "wsum", "probs", "ys", "xs", "weights", "gate", "threads", NULL};
+    static char *kwlist[] = {"acc", "wsum", "probs", "ys", "xs", "weights", "gate", "threads", "base", NULL};
     PyObject *acc_obj, *wsum_obj, *probs_obj, *ys_obj, *xs_obj, *weights_obj, *gate_obj = Py_None;
-    Py_ssize_t threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|On:accumulate", kwlist, &acc_obj, &wsum_obj,
-                                     &probs_obj, &ys_obj, &xs_obj, &weights_obj, &gate_obj, &threads))
+    Py_ssize_t threads = 0, base = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|Onn:accumulate", kwlist, &acc_obj, &wsum_obj,
+                                     &probs_obj, &ys_obj, &xs_obj, &weights_obj, &gate_obj, &threads, &base))
         return NULL;
     PyArrayObject *acc, *wsum, *ys, *xs, *gate = NULL;
-    if (check_band(acc_obj, wsum_obj, &acc, &wsum) < 0)
+    if (check_band(acc_obj, wsum_obj, &acc, &wsum) < 0 || check_base(base, PyArray_DIM(acc, 1)) < 0)
         return NULL;
     PyArrayObject *probs = check_array(probs_obj, "probs", NPY_FLOAT32, "float32", 4, NEED_CONTIGUOUS);
     if (probs == NULL)
@@ -425,7 +439,7 @@ static PyObject *fusion_accumulate(PyObject *self, PyObject *args, PyObject *kwa
     band_job job = {(float *)PyArray_DATA(acc), (float *)PyArray_DATA(wsum), C, PyArray_DIM(acc, 1),
                     PyArray_DIM(acc, 2), (const float *)PyArray_DATA(probs), (const float *)PyArray_DATA(weights),
                     gate ? (const float *)PyArray_DATA(gate) : NULL, (const cervrt_i64 *)PyArray_DATA(ys),
-                    (const cervrt_i64 *)PyArray_DATA(xs), n, PyArray_DIM(probs, 2)};
+                    (const cervrt_i64 *)PyArray_DATA(xs), n, PyArray_DIM(probs, 2), base};
     const int team = team_size(threads);
     Py_BEGIN_ALLOW_THREADS
     accumulate_impl(&job, team);
@@ -464,25 +478,27 @@ CERVRT_CLONES static void argmax_row(const float *acc, const float *wsum, npy_in
 }
 
 static void argmax_impl(const float *acc, const float *wsum, npy_intp C, npy_intp Hb, npy_intp W,
-                        npy_intp rows, cervrt_u8 *out, int team)
+                        npy_intp rows, npy_intp base, cervrt_u8 *out, int team)
 {
     const npy_intp plane = Hb * W;
     CERVRT_PRAGMA_OMP(omp parallel for schedule(static) num_threads(team) if (team > 1 && rows * W * C > CERVRT_PARALLEL_MIN))
-    for (npy_intp y = 0; y < rows; ++y)
-        argmax_row(acc + y * W, wsum + y * W, C, plane, W, out + y * W);
+    for (npy_intp y = 0; y < rows; ++y) {
+        const npy_intp stored = (y + base < Hb) ? y + base : y + base - Hb;
+        argmax_row(acc + stored * W, wsum + stored * W, C, plane, W, out + y * W);
+    }
 }
 
 static PyObject *fusion_argmax(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *kwlist[] = {"acc", "wsum", "out", "rows", "threads", NULL};
+    static char *kwlist[] = {"acc", "wsum", "out", "rows", "threads", "base", NULL};
     PyObject *acc_obj, *wsum_obj, *out_obj;
-    Py_ssize_t rows, threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOn|n:argmax", kwlist, &acc_obj, &wsum_obj, &out_obj, &rows,
-                                     &threads))
+    Py_ssize_t rows, threads = 0, base = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOn|nn:argmax", kwlist, &acc_obj, &wsum_obj, &out_obj, &rows,
+                                     &threads, &base))
         return NULL;
     PyArrayObject *acc, *wsum;
-    if (check_band(acc_obj, wsum_obj, &acc, &wsum) < 0)
+    if (check_band(acc_obj, wsum_obj, &acc, &wsum) < 0 || check_base(base, PyArray_DIM(acc, 1)) < 0)
         return NULL;
     const npy_intp C = PyArray_DIM(acc, 0), Hb = PyArray_DIM(acc, 1), W = PyArray_DIM(acc, 2);
     if (C > CERVRT_MAX_CLASSES) {
@@ -500,7 +516,7 @@ static PyObject *fusion_argmax(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     const int team = team_size(threads);
     Py_BEGIN_ALLOW_THREADS
-    argmax_impl((const float *)PyArray_DATA(acc), (const float *)PyArray_DATA(wsum), C, Hb, W, rows,
+    argmax_impl((const float *)PyArray_DATA(acc), (const float *)PyArray_DATA(wsum), C, Hb, W, rows, base,
                 (cervrt_u8 *)PyArray_DATA(out), team);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -514,11 +530,11 @@ static PyMethodDef fusion_methods[] = {
      "Crop, pad with glass (255) and normalise patches of an (H, W, 3) uint8 image into out[:n] "
      "(float32, C-contiguous, (B >= n, 3, P, P))."},
     {"accumulate", (PyCFunction)(void (*)(void))fusion_accumulate, METH_VARARGS | METH_KEYWORDS,
-     "accumulate(acc, wsum, probs, ys, xs, weights, gate=None, threads=0)\n--\n\n"
+     "accumulate(acc, wsum, probs, ys, xs, weights, gate=None, threads=0, base=0)\n--\n\n"
      "acc[:, y, x] += (w * gate[i]) * probs[i], wsum[y, x] += w for windows at band-relative "
      "origins; rows and columns outside the band are skipped."},
     {"argmax", (PyCFunction)(void (*)(void))fusion_argmax, METH_VARARGS | METH_KEYWORDS,
-     "argmax(acc, wsum, out, rows, threads=0)\n--\n\n"
+     "argmax(acc, wsum, out, rows, threads=0, base=0)\n--\n\n"
      "uint8 labels of the first rows band rows into out: argmax of acc / wsum, ties to the lowest "
      "class, uncovered pixels 0."},
     {NULL, NULL, 0, NULL},

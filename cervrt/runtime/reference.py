@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["MAX_CLASSES", "accumulate", "argmax", "gather", "norm_coeffs"]
+__all__ = ["MAX_CLASSES", "accumulate", "argmax", "gather", "norm_coeffs", "ring_runs"]
 
 #: Largest class count whose labels fit in uint8.
 MAX_CLASSES = 256
@@ -97,7 +97,7 @@ def _window_span(origin: int, patch: int, length: int) -> tuple[int, int]:
 
 
 def gather(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: int, mean: Sequence[float],
-           std: Sequence[float], out: np.ndarray) -> None:
+           std: Sequence[float], out: np.ndarray, threads: int = 0) -> None:
     """Crop, pad with glass and normalise ``len(ys)`` patches into ``out[:n]`` (float32 (B, 3, P, P))."""
     image = _check_array(image, "image", np.uint8, 3, contiguous=False)
     if image.shape[2] != 3:
@@ -133,10 +133,31 @@ def _gather(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: int, scale
             out[i, :, :h, :w] = crop * scale + bias
 
 
+def _check_base(base: int, band_rows: int) -> int:
+    base = operator.index(base)
+    if not 0 <= base < max(band_rows, 1):
+        raise ValueError(f"base must be between 0 and {band_rows - 1} (a band row), got {base}")
+    return base
+
+
+def ring_runs(start: int, stop: int, base: int, band_rows: int) -> list[tuple[int, int, int]]:
+    """Band rows [start, stop) stored from physical row ``(start + base) % band_rows`` on, wrapping: the
+    (first, last + 1, physical first) runs of them that are contiguous in memory."""
+    runs, row = [], start
+    while row < stop:
+        physical = (row + base) % band_rows
+        end = min(stop, row + band_rows - physical)
+        runs.append((row, end, physical))
+        row = end
+    return runs
+
+
 def accumulate(acc: np.ndarray, wsum: np.ndarray, probs: np.ndarray, ys: np.ndarray, xs: np.ndarray,
-               weights: np.ndarray, gate: np.ndarray | None = None) -> None:
-    """``acc += (w * gate[i]) * probs[i]`` and ``wsum += w`` for each window, clipped to the band."""
+               weights: np.ndarray, gate: np.ndarray | None = None, threads: int = 0, base: int = 0) -> None:
+    """``acc += (w * gate[i]) * probs[i]`` and ``wsum += w`` for each window, clipped to the band; band row
+    y is stored in row ``(y + base) % band_rows`` (a ring; ``threads`` is the C extension's)."""
     acc, wsum = _check_band(acc, wsum)
+    base = _check_base(base, acc.shape[1])
     probs = _check_array(probs, "probs", np.float32, 4)
     ys, xs = _check_origins(ys, xs)
     weights = _check_array(weights, "weights", np.float32, 2)
@@ -156,25 +177,28 @@ def accumulate(acc: np.ndarray, wsum: np.ndarray, probs: np.ndarray, ys: np.ndar
             raise ValueError(f"gate holds {gate.shape[0]} rows but {n} windows were given")
     for i in range(n):
         _accumulate_window(acc, wsum, probs[i], int(ys[i]), int(xs[i]), weights,
-                           None if gate is None else gate[i])
+                           None if gate is None else gate[i], base)
 
 
 def _accumulate_window(acc: np.ndarray, wsum: np.ndarray, prob: np.ndarray, y: int, x: int,
-                       weights: np.ndarray, gate: np.ndarray | None) -> None:
+                       weights: np.ndarray, gate: np.ndarray | None, base: int = 0) -> None:
     patch = weights.shape[0]
     r0, r1 = _window_span(y, patch, acc.shape[1])
     c0, c1 = _window_span(x, patch, acc.shape[2])
     if r0 >= r1 or c0 >= c1:
         return
-    w = weights[r0:r1, c0:c1]
-    wg = w[None] if gate is None else w[None] * gate[:, None, None]
-    acc[:, y + r0 : y + r1, x + c0 : x + c1] += wg * prob[:, r0:r1, c0:c1]
-    wsum[y + r0 : y + r1, x + c0 : x + c1] += w
+    for a, b, p in ring_runs(y + r0, y + r1, base, acc.shape[1]):
+        w = weights[a - y : b - y, c0:c1]
+        wg = w[None] if gate is None else w[None] * gate[:, None, None]
+        acc[:, p : p + b - a, x + c0 : x + c1] += wg * prob[:, a - y : b - y, c0:c1]
+        wsum[p : p + b - a, x + c0 : x + c1] += w
 
 
-def argmax(acc: np.ndarray, wsum: np.ndarray, out: np.ndarray, rows: int) -> None:
-    """uint8 labels of the first ``rows`` band rows into ``out[:rows]``."""
+def argmax(acc: np.ndarray, wsum: np.ndarray, out: np.ndarray, rows: int, threads: int = 0, base: int = 0) -> None:
+    """uint8 labels of the first ``rows`` band rows (band row y stored in row ``(y + base) % band_rows``)
+    into ``out[:rows]``."""
     acc, wsum = _check_band(acc, wsum)
+    base = _check_base(base, acc.shape[1])
     if acc.shape[0] > MAX_CLASSES:
         raise ValueError(f"uint8 labels hold at most {MAX_CLASSES} classes, acc has {acc.shape[0]}")
     out = _check_array(out, "out", np.uint8, 2, writeable=True)
@@ -183,7 +207,8 @@ def argmax(acc: np.ndarray, wsum: np.ndarray, out: np.ndarray, rows: int) -> Non
     limit = min(acc.shape[1], out.shape[0])
     if not 0 <= rows <= limit:
         raise ValueError(f"rows must be between 0 and {limit} (band rows and out rows), got {rows}")
-    _argmax(acc[:, :rows], wsum[:rows], out[:rows])
+    for a, b, p in ring_runs(0, rows, base, acc.shape[1]):
+        _argmax(acc[:, p : p + b - a], wsum[p : p + b - a], out[a:b])
 
 
 def _argmax(acc: np.ndarray, wsum: np.ndarray, out: np.ndarray) -> None:

@@ -25,6 +25,7 @@ background and the report says ``"no_tissue": true``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import time
@@ -387,7 +388,10 @@ def _write_mask(predictor: SlidePredictor, slide: Any, rows: Rows, fmts: list[Ou
                                                                                simplify))))
         sink = _LabelSink([writer for _, writer in writers], LabelThumbnail(h, w, THUMBNAIL_SIDE),
                           predictor.num_classes)
-        source = stack.enter_context(SlideRows(slide, rows, *predictor.gather_args(), prefetch=overlap,
+        gather, *normalise = predictor.gather_args()
+        if overlap:  # beside the other stage threads, one thread per gather (see HostLabeler.label)
+            gather = functools.partial(gather, threads=1)
+        source = stack.enter_context(SlideRows(slide, rows, gather, *normalise, prefetch=overlap,
                                                readers=READ_THREADS if overlap else 1))
         run = predictor.label_rows(source, rows, h, w, rows_sink(sink, on_rows), timer, progress, overlap=overlap)
         with timer("write"), ThreadPoolExecutor(1, "cervrt-pictures") as pool:

@@ -28,6 +28,7 @@ white (glass), and TIFF ``MinIsWhite`` is inverted. Reads past the slide's edges
 from __future__ import annotations
 
 import abc
+import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -282,7 +283,7 @@ class _PyramidSlide(Slide):
 
         pool = ThreadPoolExecutor(max(1, min(THUMBNAIL_READERS, len(edges) - 1)), "cervrt-thumbnail")
         try:
-            for done in [pool.submit(shrink, r0, r1) for r0, r1 in zip(edges, edges[1:], strict=False)]:
+            for done in [pool.submit(shrink, r0, r1) for r0, r1 in itertools.pairwise(edges)]:
                 done.result()  # the first band's error, if any
         finally:
             pool.shutdown(cancel_futures=True)  # after an error, the bands not started are not read

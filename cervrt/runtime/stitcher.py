@@ -29,7 +29,7 @@ import numpy as np
 
 from cervrt.errors import CervrtError
 from cervrt.runtime.fusion import FusionBackend, get_backend
-from cervrt.runtime.reference import MAX_CLASSES
+from cervrt.runtime.reference import MAX_CLASSES, ring_runs
 from cervrt.runtime.tiling import BlendMode, blend_weights, check_tiling, window_starts
 
 __all__ = ["BandFusion", "BandStitcher", "LabelChunk", "ProbabilityStitcher", "band_rows_for"]
@@ -56,18 +56,6 @@ def _as_origins(values: object, name: str) -> np.ndarray:
     if array.size and not np.issubdtype(array.dtype, np.integer):
         raise CervrtError(f"{name} must hold integers, got dtype {array.dtype}")
     return np.ascontiguousarray(array, dtype=np.int64)
-
-
-def _move_rows(plane: np.ndarray, shift: int, filled: int) -> None:
-    """``plane[r] = plane[r + shift]`` for r < filled - shift, then zero the vacated rows up to ``filled``.
-
-    Copies blocks of at most ``shift`` rows, which never overlap, so numpy makes no temporary copy.
-    """
-    keep = max(filled - shift, 0)
-    for start in range(0, keep, shift):
-        stop = min(start + shift, keep)
-        plane[start:stop] = plane[start + shift : stop + shift]
-    plane[keep:filled] = 0
 
 
 class BandFusion(abc.ABC):
@@ -202,13 +190,16 @@ class BandStitcher(BandFusion):
     """
 
     def __init__(self, height: int, width: int, num_classes: int, patch: int, stride: int,
-                 blend: BlendMode | str = BlendMode.GAUSSIAN, backend: str = "auto") -> None:
+                 blend: BlendMode | str = BlendMode.GAUSSIAN, backend: str = "auto", threads: int = 0) -> None:
         super().__init__(height, width, num_classes, patch, stride)
         self.blend = BlendMode.parse(blend)
         self.backend: FusionBackend = get_backend(backend)
         self.weights = blend_weights(self.blend, self.patch)
         self._acc = np.zeros((self.num_classes, self.band_rows, self.width), dtype=np.float32)
         self._wsum = np.zeros((self.band_rows, self.width), dtype=np.float32)
+        self._base = 0  # the row of the sums that holds band row 0
+        #: Threads of each fusion call (0: OpenMP's default; 1 where pipeline threads share the cores).
+        self.threads = threads
 
     @property
     def nbytes(self) -> int:
@@ -223,7 +214,7 @@ class BandStitcher(BandFusion):
 
         def run(lo: int, hi: int, ys_band: np.ndarray) -> None:
             self.backend.accumulate(self._acc, self._wsum, probs[lo:hi], ys_band, xs[lo:hi], self.weights,
-                                    None if gate is None else gate[lo:hi])
+                                    None if gate is None else gate[lo:hi], threads=self.threads, base=self._base)
 
         return self._feed(ys, xs, run)
 
@@ -233,12 +224,16 @@ class BandStitcher(BandFusion):
 
     def _argmax(self, rows: int) -> np.ndarray:
         labels = np.empty((rows, self.width), dtype=np.uint8)
-        self.backend.argmax(self._acc, self._wsum, labels, rows)
+        self.backend.argmax(self._acc, self._wsum, labels, rows, threads=self.threads, base=self._base)
         return labels
 
     def _shift(self, shift: int, filled: int) -> None:
-        for plane in (*self._acc, self._wsum):
-            _move_rows(plane, shift, filled)
+        # The band is a ring (band row y is stored in row (y + base) % band_rows): moving it down zeroes
+        # the rows handed out, which become its last rows, and moves the base; no row is copied.
+        for a, b, first in ring_runs(0, min(shift, filled), self._base, self.band_rows):
+            self._acc[:, first : first + b - a] = 0
+            self._wsum[first : first + b - a] = 0
+        self._base = (self._base + shift) % self.band_rows
 
 
 class ProbabilityStitcher:
