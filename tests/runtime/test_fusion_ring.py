@@ -37,7 +37,7 @@ def test_a_ring_band_holds_the_band_rolled_by_base(backend, base: int) -> None:
 
 @pytest.mark.parametrize("base", [-1, 24])
 def test_a_base_outside_the_band_is_refused(backend, base: int) -> None:
-    probs, ys, xs, gate, weights = _windows(2)
+    probs, ys, xs, _, weights = _windows(2)
     acc, wsum = np.zeros((5, 24, 40), np.float32), np.zeros((24, 40), np.float32)
     with pytest.raises(ValueError, match="base must be between 0 and 23"):
         backend.accumulate(acc, wsum, probs, ys, xs, weights, base=base)
