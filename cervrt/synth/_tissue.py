@@ -151,9 +151,19 @@ def render(rng: np.random.Generator, hema: np.ndarray, eosin: np.ndarray, stain:
 # --- geometry ---------------------------------------------------------------------------------
 
 
-def _band_shape(rng: np.random.Generator, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Membrane waves, rete pegs and thickness (60-150 px at full scale) of one band."""
-    thick_mean = float(rng.uniform(60, 150)) * scale
+def _thickness_range(scale: float, short: int) -> tuple[float, float]:
+    """Mean band thickness range: 60-150 px times ``scale``, but never under four atypical-nucleus
+    spacings (38 px) where the region has room (0.3 of its short side): a thinner band leaves CIN 2
+    (atypia up to 2/3) about one nucleus short of CIN 3 (full thickness), which a 64 px patch of a
+    128 px region (0.32 scale, 19-48 px) could not tell apart (held-out CIN 2 recall 0.38)."""
+    lo = max(60 * scale, min(4 * _ATYPIA_SPACING, 0.3 * short))
+    return lo, max(150 * scale, lo)
+
+
+def _band_shape(rng: np.random.Generator, scale: float, short: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Membrane waves, rete pegs and thickness (60-150 px at full scale, see ``_thickness_range``) of one band."""
+    lo, hi = _thickness_range(scale, short)
+    thick_mean = lo + (float(rng.uniform(60, 150)) - 60) / 90 * (hi - lo)
     waves = np.array([[rng.uniform(15, 50) * scale, 2 * math.pi / rng.uniform(250, 600) / scale, rng.uniform(0, 6.3)],
                       [rng.uniform(2, 8) * scale, 2 * math.pi / rng.uniform(60, 140) / scale, rng.uniform(0, 6.3)]])
     pegs = np.array([rng.uniform(0, 0.3) * thick_mean, 2 * math.pi / rng.uniform(70, 130) / scale, rng.uniform(0, 6.3)])
@@ -177,7 +187,7 @@ def _random_bands(rng: np.random.Generator, h: int, w: int, grades: tuple[int, .
     short = min(h, w)
     scale = min(1.0, short / _FULL_GEOMETRY)
     theta = float(rng.uniform(-math.pi, math.pi))
-    (waves_a, pegs_a, thick_a), (waves_b, pegs_b, thick_b) = _band_shape(rng, scale), _band_shape(rng, scale)
+    (waves_a, pegs_a, thick_a), (waves_b, pegs_b, thick_b) = (_band_shape(rng, scale, short) for _ in range(2))
     stroma = _reach(waves_a, pegs_a) + _reach(waves_b, pegs_b) + float(rng.uniform(0.1, 0.4)) * short
     strip = thick_a[0] + stroma + thick_b[0]
     centre = (w / 2, h / 2)

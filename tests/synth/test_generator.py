@@ -268,3 +268,11 @@ def test_truth_masks_a_previous_version_wrote_to_weak_masks_are_removed(tmp_path
     write_dataset(tmp_path, regions=1, size=64, seed=0, weak_regions=1, progress=False)
     assert not list((tmp_path / "weak" / "masks").iterdir())
     assert (tmp_path / "weak" / "truth_masks" / "weak_0000.png").is_file()
+
+
+def test_small_regions_keep_bands_thick_enough_to_tell_the_grades_where_they_fit():
+    from cervrt.synth._tissue import _thickness_range
+
+    assert _thickness_range(1.0, 512) == (60, 150)  # full geometry unchanged
+    assert _thickness_range(0.32, 128) == pytest.approx((38.0, 48.0))  # four nucleus spacings at least
+    assert _thickness_range(0.16, 64) == pytest.approx((19.2, 24.0))  # no room: 0.3 of the short side
