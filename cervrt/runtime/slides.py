@@ -51,6 +51,7 @@ _BAND_BYTES = 64 << 20  # level bytes read at once when making a thumbnail
 #: Threads that read and shrink a thumbnail's bands at once (decoders release the GIL).
 THUMBNAIL_READERS = max(1, min(4, os.cpu_count() or 1))
 _THUMBNAIL_ALIGN = 1024  # level rows a thumbnail band starts at a multiple of
+_THUMBNAIL_MARGIN = 1.5  # a thumbnail read decoded at 1/f is still shrunk at least this much more
 #: Suffixes of two parts (a slide named ``a.ome.tif`` is called ``a``).
 COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif")
 
@@ -275,10 +276,12 @@ class _PyramidSlide(Slide):
         edges = [*range(0, lh, step), lh]
         out = np.empty((height, width, 3), np.uint8)
 
+        factor = max((f for f in (8, 4, 2) if f * _THUMBNAIL_MARGIN <= lw / width), default=1)
+
         def shrink(r0: int, r1: int) -> None:
             a, b = round(r0 * height / lh), round(r1 * height / lh)
             if b > a:
-                rows = self._read_level(level, r0, 0, r1 - r0, lw)
+                rows = self._thumbnail_rows(level, r0, r1, factor)
                 out[a:b] = cv2.resize(rows, (width, b - a), interpolation=cv2.INTER_AREA)
 
         pool = ThreadPoolExecutor(max(1, min(THUMBNAIL_READERS, len(edges) - 1)), "cervrt-thumbnail")
@@ -288,6 +291,12 @@ class _PyramidSlide(Slide):
         finally:
             pool.shutdown(cancel_futures=True)  # after an error, the bands not started are not read
         return out
+
+    def _thumbnail_rows(self, level: int, r0: int, r1: int, factor: int) -> np.ndarray:
+        """Rows [r0, r1) of ``level``, whole width, for a thumbnail: at 1/``factor`` where the reader can
+        decode smaller for less (``factor`` is a power of two that leaves the thumbnail at least
+        ``_THUMBNAIL_MARGIN`` times smaller still), else at full size."""
+        return self._read_level(level, r0, 0, r1 - r0, self._sizes[level][0])
 
     @abc.abstractmethod
     def _read_box(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
@@ -326,6 +335,12 @@ class TiffSlide(_PyramidSlide):
     def _tile_height(self, level: int) -> int | None:
         reader = self._levels[level] if level < len(self._levels) else None
         return getattr(reader, "tile_height", None)
+
+    def _thumbnail_rows(self, level: int, r0: int, r1: int, factor: int) -> np.ndarray:
+        reader = self._levels[level]
+        if factor > 1 and getattr(reader, "reducible", False) and not self._planar:
+            return reader.reduced(r0, r1, factor)  # JPEG tiles decoded at 1/factor by libjpeg
+        return super()._thumbnail_rows(level, r0, r1, factor)
 
     @staticmethod
     def _check_axes(axes: str, path: Path) -> bool:
