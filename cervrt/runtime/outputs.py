@@ -22,7 +22,9 @@ import abc
 import contextlib
 import math
 import os
+import queue
 import tempfile
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -95,6 +97,10 @@ class _PngSink(MaskSink):
         self._mask = None
 
 
+class _Aborted(Exception):
+    """Stops the tile thread of an aborted TIFF mask."""
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -110,7 +116,13 @@ def _level_factors(height: int, width: int) -> list[int]:
 
 
 class _TiffSink(MaskSink):
+    """Level 0 is tiled and compressed on a thread of its own as each 256-row strip of rows arrives (so a
+    slide run's last rows leave little to do); the rows also go to a raw file beside the target, which
+    the reduced levels are subsampled from when the rows are all there."""
+
     def __init__(self, path: Path, height: int, width: int, mpp: float | None) -> None:
+        import tifffile
+
         super().__init__(path, height, width, mpp)
         try:
             fd, raw = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".rows", dir=path.parent)
@@ -118,31 +130,90 @@ class _TiffSink(MaskSink):
             raise CervrtError(f"cannot write to {path.parent}: {exc.strerror}") from exc
         self._raw: BinaryIO = os.fdopen(fd, "w+b")
         self._cleanup = weakref.finalize(self, _remove, raw)  # also on garbage collection
+        self._options = {"dtype": np.uint8, "tile": (_TILE, _TILE), "compression": "zlib",
+                         "photometric": "minisblack", "metadata": None}
+        if self.mpp:
+            self._options |= {"resolution": (1e4 / self.mpp, 1e4 / self.mpp), "resolutionunit": "CENTIMETER"}
+        self._file = contextlib.ExitStack()  # the temporary TIFF, renamed into place by finish
+        tmp = self._file.enter_context(atomic_path(self.path))
+        self._tif = self._file.enter_context(tifffile.TiffWriter(tmp, bigtiff=height * width >= 1 << 31))
+        self._strip = np.empty((min(_TILE, height), width), np.uint8)
+        self._held = 0  # rows of the strip being filled
+        self._strips: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._level0 = threading.Thread(target=self._write_level0, name="cervrt-mask-tiles", daemon=True)
+        self._level0.start()
 
     def write(self, first_row: int, labels: np.ndarray) -> None:
         try:
             self._raw.write(np.ascontiguousarray(labels).data)
         except OSError as exc:
             raise CervrtError(f"cannot write the mask rows beside {self.path}: {exc.strerror}") from exc
+        done = 0
+        while done < labels.shape[0]:
+            take = min(labels.shape[0] - done, self._strip.shape[0] - self._held)
+            self._strip[self._held : self._held + take] = labels[done : done + take]
+            self._held, done = self._held + take, done + take
+            if self._held == self._strip.shape[0] or first_row + done == self.height:
+                self._put(self._strip[: self._held].copy())
+                self._held = 0
+
+    def _put(self, item: np.ndarray | None) -> None:
+        while self._level0.is_alive():
+            try:
+                self._strips.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        self._raise_level0_error()
+
+    def _raise_level0_error(self) -> None:
+        if self._error is not None:
+            raise CervrtError(f"cannot write the mask {self.path}: {self._error}") from self._error
+
+    def _write_level0(self) -> None:
+        try:
+            self._tif.write(self._level0_tiles(), shape=(self.height, self.width), **self._options)
+        except BaseException as exc:  # handed to the writing thread (or dropped by abort)
+            self._error = exc
+
+    def _level0_tiles(self) -> Iterator[np.ndarray]:
+        """Level 0's tiles, row by row, strip by strip as ``write`` hands them over (None: aborted)."""
+        for _ in range(0, self.height, _TILE):
+            strip = self._strips.get()
+            if strip is None:
+                raise _Aborted
+            for c in range(0, self.width, _TILE):
+                yield np.ascontiguousarray(strip[:, c : c + _TILE])
 
     def finish(self) -> None:
-        import tifffile
-
-        self._raw.flush()
-        h, w = self.height, self.width
-        options = {"dtype": np.uint8, "tile": (_TILE, _TILE), "compression": "zlib", "photometric": "minisblack",
-                   "metadata": None}
-        if self.mpp:
-            options |= {"resolution": (1e4 / self.mpp, 1e4 / self.mpp), "resolutionunit": "CENTIMETER"}
         try:
-            with atomic_path(self.path) as tmp, tifffile.TiffWriter(tmp, bigtiff=h * w >= 1 << 31) as tif:
-                tif.write(self._tiles(1), shape=(h, w), **options)
-                for f in _level_factors(h, w):
-                    if self.mpp:
-                        options["resolution"] = (1e4 / (self.mpp * f), 1e4 / (self.mpp * f))
-                    tif.write(self._tiles(f), shape=(-(-h // f), -(-w // f)), subfiletype=1, **options)
-        finally:
+            self._raw.flush()
+            self._level0.join()
+            self._raise_level0_error()
+            h, w, options = self.height, self.width, dict(self._options)
+            for f in _level_factors(h, w):
+                if self.mpp:
+                    options["resolution"] = (1e4 / (self.mpp * f), 1e4 / (self.mpp * f))
+                self._tif.write(self._tiles(f), shape=(-(-h // f), -(-w // f)), subfiletype=1, **options)
+            self._file.close()  # closes the TIFF and renames it into place
+        except BaseException:
             self.abort()
+            raise
+        self.abort()
+
+    def abort(self) -> None:
+        while self._level0.is_alive():  # tell the tile thread to stop, making room in its queue if need be
+            try:
+                self._strips.put_nowait(None)
+                self._level0.join()
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._strips.get_nowait()
+        with contextlib.suppress(_Aborted, Exception):
+            self._file.__exit__(_Aborted, _Aborted(), None)  # the temporary TIFF is removed
+        self._raw.close()
+        self._cleanup()
 
     def _rows(self, start: int, stop: int, step: int) -> np.ndarray:
         """Rows start, start + step, ... < stop of the raw file, every ``step``-th column."""
@@ -164,9 +235,6 @@ class _TiffSink(MaskSink):
             for c in range(0, lw, _TILE):
                 yield np.ascontiguousarray(strip[:, c : c + _TILE])
 
-    def abort(self) -> None:
-        self._raw.close()
-        self._cleanup()
 
 
 # --- the output registry -----------------------------------------------------------------------

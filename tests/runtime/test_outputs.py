@@ -64,6 +64,19 @@ def test_tiff_mask_round_trip_with_levels(tmp_path):
         assert 1e4 * den / num == pytest.approx(0.904)
 
 
+def test_tiff_level0_is_tiled_while_rows_arrive_and_an_abort_leaves_nothing(tmp_path):
+    import threading
+
+    mask = _labels(700, 1100)
+    writer = MaskWriter(tmp_path / "m.tiff", 700, 1100, "tiff")
+    writer.write(0, mask[:600])  # two whole strips of 256 rows: their tiles are written now
+    tiles = next(t for t in threading.enumerate() if t.name == "cervrt-mask-tiles")
+    assert tiles.is_alive()
+    with pytest.raises(CervrtError, match="incomplete: 600 of 700 rows"):
+        writer.close()
+    assert not tiles.is_alive() and list(tmp_path.iterdir()) == []  # no TIFF, temporary file or row file
+
+
 def test_tiff_mask_opens_in_openslide(tmp_path):
     openslide = pytest.importorskip("openslide")
     mask = _labels(600, 700)
