@@ -267,8 +267,6 @@ def _raw_level(tif: Any, page: Any, path: Path) -> RawLevel | None:
 
 def level_reader(tif: Any, series: Any, level: int, path: Path) -> Any:
     """An array-like of pyramid ``level`` of ``series`` that reads only what a slice asks for."""
-    import zarr
-
     page = series.levels[level].keyframe
     if len(series.levels[level].pages) == 1 and (raw := _raw_level(tif, page, path)) is not None:
         return raw
@@ -278,4 +276,6 @@ def level_reader(tif: Any, series: Any, level: int, path: Path) -> Any:
     if chunk > MAX_CHUNK_BYTES:
         raise SlideError(f"{path} stores its image in {chunk / 2**20:.0f} MB compressed strips that every read "
                           "would decode whole: save it as a tiled TIFF (e.g. vips tiffsave --tile --pyramid)")
+    import zarr  # only here: its import alone takes about 0.1 s
+
     return zarr.open_array(series.aszarr(level=level), mode="r")
