@@ -24,10 +24,11 @@ The Predictor composes the pipeline (``cervrt.runtime.pipeline``): an ``EngineSt
 lock, the gate) and a labeler, ``HostLabeler`` or the device's; its settings are one frozen
 ``PredictorConfig`` (``cervrt.runtime.config``). Nothing below imports this module.
 
-GPU: with an engine that keeps its outputs on a CUDA device (``Engine.supports_device_io``: TensorRT)
-and ``fusion="auto"`` or ``"cuda"``, gathering, normalisation, fusion and argmax run on the device
-through ``cervrt.runtime.cuda_path.DeviceLabeler`` (uint8 patches up, uint8 labels down). That path
-is compiled, unexecuted on a GPU (its host logic is tested on an emulated driver).
+GPU: with an engine that keeps its outputs on a CUDA device (``Engine.supports_device_io``: TensorRT,
+torch on CUDA, ONNX Runtime's CUDA provider) and ``fusion="auto"`` or ``"cuda"``, gathering,
+normalisation, fusion and argmax run on the device through ``cervrt.runtime.cuda_path.DeviceLabeler``
+(uint8 patches up, uint8 labels down). That path is compiled, unexecuted on a GPU (its host logic is
+tested on an emulated driver).
 """
 
 from __future__ import annotations
@@ -77,14 +78,15 @@ class FusionPath(str, enum.Enum):
 
 
 def choose_fusion(fusion: Fusion | str, engine: Any) -> FusionPath:
-    """The fusion path for an engine: the GPU for an engine with device IO (``supports_device_io``, i.e.
-    TensorRT) on a CUDA device, with fusion ``auto`` or ``cuda``; else the host."""
+    """The fusion path for an engine: the GPU for an engine with device IO (``supports_device_io``:
+    TensorRT, torch on CUDA, ONNX Runtime's CUDA provider) on a CUDA device, with fusion ``auto`` or
+    ``cuda``; else the host."""
     fusion = Fusion.parse(fusion)
     on_gpu = bool(engine.supports_device_io) and str(engine.device).startswith("cuda")
     if fusion is Fusion.CUDA and not on_gpu:
-        raise InputError(f"fusion 'cuda' needs a TensorRT engine on a CUDA device, got {engine.kind} on "
-                          f"{engine.device} (the device path needs an engine that keeps its outputs on the GPU): "
-                          "use fusion 'auto', 'c' or 'numpy'")
+        raise InputError(f"fusion 'cuda' needs an engine with device IO on a CUDA device, got {engine.kind} on "
+                         f"{engine.device} (the device path needs an engine that keeps its outputs on the GPU: "
+                         "TensorRT, torch or ONNX Runtime on cuda): use fusion 'auto', 'c' or 'numpy'")
     return FusionPath.CUDA if on_gpu and fusion in (Fusion.AUTO, Fusion.CUDA) else FusionPath.HOST
 
 
@@ -111,7 +113,7 @@ class Predictor:
     Settings come from ``config`` (a ``PredictorConfig``) with keyword ``overrides`` on top, or from
     keywords alone: ``device``, ``batch_size``, ``stride`` (default a quarter of the model's patch),
     ``blend`` (``"gaussian"`` or ``"mean"``), ``tissue_threshold`` (windows whose tissue share is under
-    it are not run; 0 runs every window), ``fusion`` (``"auto"``: the GPU for TensorRT on CUDA, else
+    it are not run; 0 runs every window), ``fusion`` (``"auto"``: the GPU for an engine with device IO on CUDA, else
     the C extension, else numpy; ``"c"``, ``"numpy"`` or ``"cuda"``) and ``mpp`` (overrides the
     microns per pixel of slides; needed for PNG/JPEG not at the model's resolution).
     ``progress(done, total)`` is called after every batch (each call may pass its own).

@@ -221,7 +221,7 @@ def test_bad_settings_and_closed_predictor(model):
         Predictor(model, device="cpu", stride=65)
     with pytest.raises(CervrtError, match="unknown fusion 'gpu'"):
         Predictor(model, device="cpu", fusion="gpu")
-    with pytest.raises(CervrtError, match="fusion 'cuda' needs a TensorRT engine"):
+    with pytest.raises(CervrtError, match="fusion 'cuda' needs an engine with device IO"):
         Predictor(model, device="cpu", fusion="cuda")
     with pytest.raises(CervrtError, match="unknown blend"):
         Predictor(model, device="cpu", blend="max")
@@ -243,7 +243,7 @@ def test_choose_fusion_picks_the_gpu_only_for_tensorrt_on_cuda():
     assert choose_fusion("auto", _engine("onnxruntime", "cuda:0")) is FusionPath.HOST
     assert choose_fusion("auto", _engine("onnxruntime", "cpu")) is FusionPath.HOST
     assert choose_fusion("numpy", _engine("torch", "cpu")) is FusionPath.HOST
-    with pytest.raises(CervrtError, match="needs a TensorRT engine on a CUDA device, got torch on cuda:0"):
+    with pytest.raises(CervrtError, match="needs an engine with device IO on a CUDA device, got torch on cuda:0"):
         choose_fusion("cuda", _engine("torch", "cuda:0"))
 
 
