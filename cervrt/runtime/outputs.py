@@ -5,11 +5,10 @@ on an error or Ctrl-C), so a failed run never leaves half a file.
 
 The mask (uint8, 0 background .. 4 CIN 3, at the processing resolution) arrives as row chunks from the
 stitcher. As PNG it is held in memory (height x width bytes) and refused over 2^30 pixels. As TIFF it
-is a tiled (256 x 256, deflate) pyramid written in bounded memory: the chunks are appended to a raw
-temporary file beside the target (height x width bytes of disk, no RAM), then level 0 is tiled from it
-one 256-row strip at a time and each reduced level (2x, 4x, ... until it fits in one tile) is
-subsampled nearest-neighbour (labels must not be averaged) from rows read back one by one. The levels
-are top-level reduced-resolution pages, the layout OpenSlide reads as a "generic tiled TIFF".
+is a tiled (256 x 256, deflate) pyramid written in bounded memory as the rows arrive: level 0 strip by
+strip on a thread of its own, each reduced level (2x, 4x, ... until it fits in one tile, subsampled
+nearest-neighbour: labels must not be averaged) compressed tile by tile into a temporary file beside
+the target; the levels are top-level reduced-resolution pages (OpenSlide's "generic tiled TIFF").
 
 Mask formats are registered: ``register_output(name, sink, suffix=..., paths=...)`` adds one (a
 ``MaskSink`` subclass, and the path(s) it writes); ``output_formats()`` is what ``cervrt infer
@@ -26,6 +25,7 @@ import queue
 import tempfile
 import threading
 import weakref
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,21 +115,58 @@ def _level_factors(height: int, width: int) -> list[int]:
     return factors
 
 
+class _ReducedLevel:
+    """One reduced level (every ``f``-th row and column) built as rows arrive: its 256-row strips are cut
+    into tiles, zlib-compressed and appended to ``spill`` (a temporary file), whose (offset, size) are kept."""
+
+    def __init__(self, f: int, height: int, width: int, spill: BinaryIO) -> None:
+        self.f, self.shape, self._spill = f, (-(-height // f), -(-width // f)), spill
+        self._strip = np.zeros((_TILE, self.shape[1]), np.uint8)
+        self._held = self._rows = 0
+        self.tiles: list[tuple[int, int]] = []
+
+    def add(self, first_row: int, labels: np.ndarray) -> None:
+        rows = labels[(-first_row) % self.f :: self.f, :: self.f]  # the level-0 rows at multiples of f
+        done = 0
+        while done < rows.shape[0]:
+            take = min(rows.shape[0] - done, _TILE - self._held)
+            self._strip[self._held : self._held + take] = rows[done : done + take]
+            self._held, self._rows, done = self._held + take, self._rows + take, done + take
+            if self._held == _TILE or self._rows == self.shape[0]:
+                self._flush()
+
+    def _flush(self) -> None:
+        self._strip[self._held :] = 0  # edge tiles are stored whole
+        for c in range(0, self.shape[1], _TILE):
+            tile = np.zeros((_TILE, _TILE), np.uint8)
+            part = self._strip[:, c : c + _TILE]
+            tile[:, : part.shape[1]] = part
+            data = zlib.compress(tile.data, 6)
+            self.tiles.append((self._spill.tell(), len(data)))
+            self._spill.write(data)
+        self._held = 0
+
+    def encoded(self) -> Iterator[bytes]:
+        for offset, size in self.tiles:
+            self._spill.seek(offset)
+            yield self._spill.read(size)
+
+
 class _TiffSink(MaskSink):
-    """Level 0 is tiled and compressed on a thread of its own as each 256-row strip of rows arrives (so a
-    slide run's last rows leave little to do); the rows also go to a raw file beside the target, which
-    the reduced levels are subsampled from when the rows are all there."""
+    """Written as the rows arrive (see the module docstring): when the last rows come, what is left is
+    copying the reduced levels' compressed tiles (a few MB for a slide's labels) into the file."""
 
     def __init__(self, path: Path, height: int, width: int, mpp: float | None) -> None:
         import tifffile
 
         super().__init__(path, height, width, mpp)
         try:
-            fd, raw = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".rows", dir=path.parent)
+            fd, spill = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tiles", dir=path.parent)
         except OSError as exc:
             raise CervrtError(f"cannot write to {path.parent}: {exc.strerror}") from exc
-        self._raw: BinaryIO = os.fdopen(fd, "w+b")
-        self._cleanup = weakref.finalize(self, _remove, raw)  # also on garbage collection
+        self._spill: BinaryIO = os.fdopen(fd, "w+b")
+        self._cleanup = weakref.finalize(self, _remove, spill)  # also on garbage collection
+        self._reduced = [_ReducedLevel(f, height, width, self._spill) for f in _level_factors(height, width)]
         self._options = {"dtype": np.uint8, "tile": (_TILE, _TILE), "compression": "zlib",
                          "photometric": "minisblack", "metadata": None}
         if self.mpp:
@@ -146,9 +183,10 @@ class _TiffSink(MaskSink):
 
     def write(self, first_row: int, labels: np.ndarray) -> None:
         try:
-            self._raw.write(np.ascontiguousarray(labels).data)
+            for level in self._reduced:
+                level.add(first_row, labels)
         except OSError as exc:
-            raise CervrtError(f"cannot write the mask rows beside {self.path}: {exc.strerror}") from exc
+            raise CervrtError(f"cannot write the mask tiles beside {self.path}: {exc.strerror}") from exc
         done = 0
         while done < labels.shape[0]:
             take = min(labels.shape[0] - done, self._strip.shape[0] - self._held)
@@ -188,14 +226,13 @@ class _TiffSink(MaskSink):
 
     def finish(self) -> None:
         try:
-            self._raw.flush()
             self._level0.join()
             self._raise_level0_error()
-            h, w, options = self.height, self.width, dict(self._options)
-            for f in _level_factors(h, w):
+            options = dict(self._options)
+            for level in self._reduced:
                 if self.mpp:
-                    options["resolution"] = (1e4 / (self.mpp * f), 1e4 / (self.mpp * f))
-                self._tif.write(self._tiles(f), shape=(-(-h // f), -(-w // f)), subfiletype=1, **options)
+                    options["resolution"] = (1e4 / (self.mpp * level.f), 1e4 / (self.mpp * level.f))
+                self._tif.write(level.encoded(), shape=level.shape, subfiletype=1, **options)
             self._file.close()  # closes the TIFF and renames it into place
         except BaseException:
             self.abort()
@@ -212,29 +249,8 @@ class _TiffSink(MaskSink):
                     self._strips.get_nowait()
         with contextlib.suppress(_Aborted, Exception):
             self._file.__exit__(_Aborted, _Aborted(), None)  # the temporary TIFF is removed
-        self._raw.close()
+        self._spill.close()
         self._cleanup()
-
-    def _rows(self, start: int, stop: int, step: int) -> np.ndarray:
-        """Rows start, start + step, ... < stop of the raw file, every ``step``-th column."""
-        w = self.width
-        if step == 1:
-            self._raw.seek(start * w)
-            return np.frombuffer(self._raw.read((stop - start) * w), np.uint8).reshape(-1, w)
-        out = np.empty((len(range(start, stop, step)), -(-w // step)), np.uint8)
-        for i, row in enumerate(range(start, stop, step)):
-            self._raw.seek(row * w)
-            out[i] = np.frombuffer(self._raw.read(w), np.uint8)[::step]
-        return out
-
-    def _tiles(self, f: int) -> Iterator[np.ndarray]:
-        """The tiles of the level subsampled by ``f``, row by row (edge tiles are padded by tifffile)."""
-        lh, lw = -(-self.height // f), -(-self.width // f)
-        for r in range(0, lh, _TILE):
-            strip = self._rows(r * f, min(r + _TILE, lh) * f, f)
-            for c in range(0, lw, _TILE):
-                yield np.ascontiguousarray(strip[:, c : c + _TILE])
-
 
 
 # --- the output registry -----------------------------------------------------------------------
