@@ -297,7 +297,7 @@ def train(config: TrainConfig | None = None, resume: str | None = None, override
     return result
 
 
-_LOGGED = ("dice", "miou", "ap", "wp", "fwiou", "accuracy", "balanced_accuracy")
+_LOGGED = ("dice", "miou", "ap", "wp", "fwiou", "dice_per_class", "accuracy", "balanced_accuracy")
 
 
 def _epoch_line(entry: dict[str, Any]) -> str:
