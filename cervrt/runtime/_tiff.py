@@ -88,11 +88,6 @@ class RawLevel:
         self._file = open(path, "rb")
         self._lock = threading.Lock()
 
-    @property
-    def cached_bytes(self) -> int:
-        """Bytes of decoded tiles held now (at most ``cache_bytes``, or one tile when that is larger)."""
-        return self._cached
-
     def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
         rows, cols = index
         out = np.empty((rows.stop - rows.start, cols.stop - cols.start, *self.shape[2:]), self._dtype)
