@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cervrt._io import nan_to_none
 
 __all__ = ["STUDIES", "main"]
 
@@ -50,24 +51,11 @@ SETTINGS = {"regions": 192, "region_size": 128, "patch": 64, "stride": 32, "batc
 _RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _strict(value: Any) -> Any:
-    """JSON-safe copy: NaN / inf become None, numpy scalars plain numbers."""
-    if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _write(path: Path, data: Any) -> None:
     from cervrt._io import write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, _strict(data))
+    write_json(path, data)  # strict JSON: NaN and inf as null
 
 
 def _threads() -> None:
@@ -261,7 +249,7 @@ def cmd_wsss(args: argparse.Namespace) -> None:
     }
     _write(run / "wsss.json", result)
     if args.until == "pseudo":
-        return print(json.dumps(_strict(result), indent=1))
+        return print(json.dumps(nan_to_none(result), indent=1))
     start = time.monotonic()
     artifact = train_segmenter(SegmenterConfig(pseudo=str(run / "pm"), classifier=str(cls), out=str(run / "seg"),
                                                epochs=s["seg_epochs"], batch_size=8, device="cpu", seed=args.seed,
@@ -273,7 +261,7 @@ def cmd_wsss(args: argparse.Namespace) -> None:
     result["phase2_on_heldout_regions"] = _evaluate_wsss(ckpt, data, s["wsss_size"])
     result["minutes"] = {k: v / 60 for k, v in times.items()}
     _write(run / "wsss.json", result)
-    print(json.dumps(_strict(result), indent=1))
+    print(json.dumps(nan_to_none(result), indent=1))
 
 
 def _evaluate_wsss(ckpt: dict[str, Any], root: Path, patch: int, truth: str = "masks") -> dict[str, Any]:
@@ -458,7 +446,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         _plot(curves, _RESULTS / "learning-curves.png")
     if wsss:
         _plot_wsss(wsss, _RESULTS / "learning-wsss.png")
-    print(json.dumps(_strict(result["supervised"]), indent=1))
+    print(json.dumps(nan_to_none(result["supervised"]), indent=1))
 
 
 def _jobs(args: argparse.Namespace) -> list[list[str]]:

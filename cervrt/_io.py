@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import json
 import math
+import numbers
 import os
 import secrets
 from collections.abc import Iterator
@@ -83,9 +84,14 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def nan_to_none(value: Any) -> Any:
-    """``value`` with every float NaN replaced by None, through dicts, lists and tuples (for strict JSON)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
+    """``value`` as strict JSON can hold it, through dicts, lists and tuples: a non-finite float (NaN,
+    inf) becomes None, and numpy scalars become plain ints and floats."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -94,6 +100,6 @@ def nan_to_none(value: Any) -> Any:
 
 
 def write_json(target: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented strict JSON (see :func:`nan_to_none`: NaN is written as null), atomically."""
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
+        tmp.write_text(json.dumps(nan_to_none(obj), indent=2, allow_nan=False) + "\n")

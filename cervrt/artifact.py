@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cervrt._io import write_json
+from cervrt._io import nan_to_none, write_json
 from cervrt.errors import ModelError
 
 __all__ = [
@@ -194,7 +194,8 @@ def attach_metadata(model: Any, metadata: ArtifactMetadata | Mapping[str, Any]) 
     """Store ``metadata`` as the model's ``cervrt`` metadata entry (replacing an earlier one)."""
     kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
-    for key, value in [*kept, (METADATA_KEY, json.dumps(_as_dict(metadata), sort_keys=True))]:
+    entry_text = json.dumps(nan_to_none(_as_dict(metadata)), sort_keys=True, allow_nan=False)  # strict JSON
+    for key, value in [*kept, (METADATA_KEY, entry_text)]:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
 

@@ -53,3 +53,18 @@ def test_nan_to_none_makes_strict_json():
     cleaned = nan_to_none(value)
     assert cleaned == {"dice": None, "per_class": [0.5, None], "pair": [None, 1], "n": 3, "name": "x"}
     json.dumps(cleaned, allow_nan=False)  # raises on any NaN left
+
+
+def test_write_json_is_strict_json_for_numpy_nan_and_inf(tmp_path):
+    import json
+
+    import numpy as np
+
+    from cervrt._io import write_json
+
+    write_json(tmp_path / "r.json", {"dice": np.float32("nan"), "wp": np.float64(0.5), "n": np.int64(3),
+                                     "ratio": float("inf"), "ok": True, "per_class": [np.nan, 1.0]})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in strict JSON"))
+    assert strict == {"dice": None, "wp": 0.5, "n": 3, "ratio": None, "ok": True, "per_class": [None, 1.0]}

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cervrt._io import atomic_path, nan_to_none, optional_import, write_json
+from cervrt._io import atomic_path, optional_import, write_json
 
 __all__ = ["PLOTS", "best_latency", "format_report", "write_report"]
 
@@ -205,7 +205,7 @@ def _save(fig: Any, target: Path, plt: Any) -> None:
 
 def write_report(report: dict[str, Any], out: Path) -> None:
     """``report.json`` (strict JSON: NaN written as null), ``report.md`` and the plots into ``out``."""
-    write_json(out / "report.json", nan_to_none(report))
+    write_json(out / "report.json", report)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(format_report(report))
     _plots(report, out)

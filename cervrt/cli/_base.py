@@ -20,7 +20,7 @@ import click
 
 from cervrt.errors import CervrtError, MissingDependencyError
 
-__all__ = ["CONTEXT", "CervrtGroup", "default", "dump", "explicit", "values"]
+__all__ = ["CONTEXT", "CervrtGroup", "backend_options", "default", "dump", "explicit", "values"]
 
 #: click settings of every group: -h as well as --help, and 100 columns.
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -85,7 +85,7 @@ def dump(obj: Any) -> str:
     """Strict JSON (NaN as null), indented, for ``--json`` and summaries."""
     from cervrt._io import nan_to_none
 
-    return json.dumps(nan_to_none(obj), indent=2)
+    return json.dumps(nan_to_none(obj), indent=2, allow_nan=False)
 
 
 def explicit(ctx: click.Context, names: Iterable[str]) -> dict[str, Any]:
@@ -107,3 +107,15 @@ def values(choices: type[enum.Enum] | Iterable[Any]) -> list[str]:
     """An enum's values (or any names) as click choices."""
     members = list(choices)
     return [m.value if isinstance(m, enum.Enum) else str(m) for m in members]
+
+
+def backend_options(command: Any) -> Any:
+    """``--backend`` and ``--bf16``, as every command that loads a model for inference takes them (defaults
+    from ``PredictorConfig``)."""
+    from cervrt.runtime.config import PredictorConfig
+
+    command = click.option("--bf16", is_flag=True,
+                           help="With --backend openvino: BF16 inference precision (AVX-512 BF16 or AMX).")(command)
+    return click.option("--backend", default=default(PredictorConfig, "backend"), show_default=True,
+                        help="Which backend runs an .onnx model: auto (ONNX Runtime), onnxruntime or openvino "
+                             "(CPU).")(command)

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from cervrt.cli._base import default, values
+from cervrt.cli._base import backend_options, default, values
 from cervrt.devices import DEVICE_CHOICES
 from cervrt.runtime.batch import BatchOptions
 from cervrt.runtime.config import Blend, PredictorConfig
@@ -41,9 +41,7 @@ def _b(name: str) -> object:
 @click.option("--blend", default=_p("blend"), show_default=True, type=click.Choice(values(Blend)))
 @click.option("--batch-size", default=_p("batch_size"), show_default=True, type=click.IntRange(1))
 @click.option("--device", default=_p("device"), show_default=True, help=", ".join(DEVICE_CHOICES) + ".")
-@click.option("--backend", default=_p("backend"), show_default=True,
-              help="Which backend runs an .onnx model: auto (ONNX Runtime), onnxruntime or openvino (CPU).")
-@click.option("--bf16", is_flag=True, help="With --backend openvino: BF16 inference precision (AVX-512 BF16 or AMX).")
+@backend_options
 @click.option("--mpp", default=_p("mpp"), type=click.FloatRange(min=0, min_open=True),
               help="Microns per pixel of the slides (overrides the file's; needed for PNG/JPEG at another scale).")
 @click.option("--tissue-threshold", default=_p("tissue_threshold"), show_default=True, type=click.FloatRange(0, 1),

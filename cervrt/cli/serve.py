@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cervrt.cli._base import default
+from cervrt.cli._base import backend_options, default
 from cervrt.devices import DEVICE_CHOICES
 from cervrt.serve.config import ServeConfig
 
@@ -29,13 +29,14 @@ def _s(name: str) -> object:
 @click.option("--token", default=None, envvar="CERVRT_TOKEN",
               help="Bearer token every /v1 request must send (or set CERVRT_TOKEN).")
 @click.option("--device", default=_s("device"), show_default=True, help=", ".join(DEVICE_CHOICES) + ".")
+@backend_options
 @click.option("--batch-size", default=_s("batch_size"), show_default=True, type=click.IntRange(1))
 @click.option("--out", "out_dir", default=str(_s("out_dir")), show_default=True, type=click.Path(file_okay=False),
               help="Where slide jobs write their outputs (OUT/JOB_ID/).")
 @click.option("--max-body-mb", default=_s("max_body_mb"), show_default=True,
               type=click.FloatRange(min=0, min_open=True), help="Largest image body taken by /v1/segment, in MiB.")
 def serve_command(model: str, host: str, port: int, workers: int, queue: int, token: str | None, device: str,
-                  batch_size: int, out_dir: str, max_body_mb: float) -> None:
+                  backend: str, bf16: bool, batch_size: int, out_dir: str, max_body_mb: float) -> None:
     """Serve one model over HTTP: POST /v1/segment (image bytes), POST /v1/slides (a slide path),
     GET/DELETE /v1/jobs/ID, GET /v1/model, GET /healthz, the OpenAPI document at /openapi.json.
 
@@ -46,5 +47,6 @@ def serve_command(model: str, host: str, port: int, workers: int, queue: int, to
     from cervrt.serve import serve
 
     config = ServeConfig(model=model, host=host, port=port, workers=workers, queue=queue, token=token,
-                         device=device, batch_size=batch_size, out_dir=out_dir, max_body_mb=max_body_mb)
+                         device=device, backend=backend, bf16=bf16, batch_size=batch_size, out_dir=out_dir,
+                         max_body_mb=max_body_mb)
     serve(config, echo=click.echo)

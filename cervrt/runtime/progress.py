@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from cervrt._io import nan_to_none
 from cervrt.errors import InputError
 
 __all__ = ["PROGRESS_MODES", "RunProgress"]
@@ -112,4 +113,4 @@ class RunProgress:
         eta = self.eta()
         record = {"event": event, **fields, "done": self.done, "total": self.total, "failed": self.failed,
                   "patches_per_s": round(self.rate(), 2), "eta_s": None if eta is None else round(eta, 1)}
-        print(json.dumps(record), file=self.stream, flush=True)
+        print(json.dumps(nan_to_none(record), allow_nan=False), file=self.stream, flush=True)

@@ -39,7 +39,7 @@ class ServeConfig:
     """``model``: the artifact, loaded once; ``host``/``port`` (0: any free port); ``workers``: images and
     slides run at once, sharing the model; ``queue``: slide jobs waiting at most (more are refused with
     429); ``token``: the bearer token every /v1 request must carry (required off loopback);
-    ``device`` and ``batch_size``: as for the Predictor; ``out_dir``: where slide jobs write;
+    ``device``, ``backend``, ``bf16`` and ``batch_size``: as for the Predictor; ``out_dir``: where slide jobs write;
     ``max_body_mb``: the largest image body taken; ``keep_jobs``: finished jobs remembered."""
 
     model: Path
@@ -49,6 +49,8 @@ class ServeConfig:
     queue: int = 16
     token: str | None = None
     device: str = "auto"
+    backend: str = "auto"
+    bf16: bool = False
     batch_size: int = 8
     out_dir: Path = Path("cervrt-serve")
     max_body_mb: float = 256.0

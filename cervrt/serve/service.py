@@ -65,7 +65,8 @@ class Service:
 
         self.config = config
         self.out_dir = ensure_writable_dir(config.out_dir)
-        self._base = PredictorConfig(device=config.device, batch_size=config.batch_size)
+        self._base = PredictorConfig(device=config.device, backend=config.backend, bf16=config.bf16,
+                                     batch_size=config.batch_size)
         self._predictor = Predictor(config.model, self._base)
         self.engine = self._predictor.engine
         self._slots = threading.BoundedSemaphore(config.workers)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cervrt._io import nan_to_none, write_json
+from cervrt._io import write_json
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD
 from cervrt.metrics import MetricAccumulator, format_metrics_table
 from cervrt.runtime.tiling import BlendMode, blend_weights, window_starts
@@ -127,6 +127,6 @@ def evaluate_checkpoint(model_path: str | os.PathLike[str], data: str | os.PathL
     result = {"model": str(model_path), "data": str(data), "patch_size": patch, "stride": sw.stride,
               "blend": sw.blend.value, "metrics": overall, "regions": per_region}
     if json_out:
-        write_json(json_out, nan_to_none(result))  # strict JSON: an absent class is null, not NaN
+        write_json(json_out, result)
         echo(f"metrics written to {json_out}")
     return result

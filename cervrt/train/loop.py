@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cervrt._io import ensure_writable_dir, nan_to_none, write_json
+from cervrt._io import ensure_writable_dir, write_json
 from cervrt.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from cervrt.constants import MIN_FOREGROUND, MTCHI_MPP, PATCH_SIZE, PATCH_STRIDE
 from cervrt.errors import CervrtError
@@ -235,7 +235,7 @@ class _Run:
         save_checkpoint(self.out / "last.pt", ckpt)
         if improved:
             save_checkpoint(self.out / "best.pt", ckpt)
-        write_json(self.out / "history.json", nan_to_none(self.history))  # strict JSON
+        write_json(self.out / "history.json", self.history)
 
 
 def _resume_config(path: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any] | None, Stage]:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cervrt._io import atomic_path, ensure_writable_dir, nan_to_none, write_json
+from cervrt._io import atomic_path, ensure_writable_dir, write_json
 from cervrt.constants import IMAGENET_MEAN, IMAGENET_STD, PATCH_STRIDE
 from cervrt.errors import CervrtError
 from cervrt.glass import glass_strategy
@@ -295,7 +295,7 @@ def pseudo_label(config: PseudoLabelConfig, progress: bool = True) -> dict[str, 
     kept = keep_top(candidates, config.keep)
     write_pseudo_labels(out / "pseudo.csv", kept)
     summary = _summary(config, ckpt, labels, quotas, scored, candidates, kept)
-    write_json(out / "pseudo.json", nan_to_none(summary))  # strict JSON: an absent class is null
+    write_json(out / "pseudo.json", summary)
     return summary
 
 

@@ -189,3 +189,20 @@ def test_the_token_guards_every_v1_route(tmp_path, tiny_model):
     finally:
         client.close()
         server.__exit__()
+
+
+def test_the_service_runs_the_model_on_the_backend_it_is_given(tmp_path, tiny_model, region_png, infer_outputs):
+    """``cervrt serve --backend openvino``: the model runs on real OpenVINO, with the labels ONNX Runtime gives."""
+    pytest.importorskip("openvino")
+    server, client = start(tmp_path, tiny_model, backend="openvino")
+    try:
+        model = client.get("/v1/model").json()
+        assert model["engine"] == "openvino" and model["provider"] == "OpenVINO CPU (f32)"
+        response = client.post("/v1/segment", params={"stride": 32}, content=region_png.read_bytes(),
+                               headers={"Content-Type": "image/png"})
+        assert response.status_code == 200
+        labels, (mask, _) = _decode_png(response.content), infer_outputs
+        assert labels.shape == mask.shape and (labels == mask).mean() > 0.999 and np.count_nonzero(labels)
+    finally:
+        client.close()
+        server.__exit__()

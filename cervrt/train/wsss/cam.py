@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cervrt._io import ensure_writable_dir, nan_to_none, write_json
+from cervrt._io import ensure_writable_dir, write_json
 from cervrt.checkpoint import file_sha256, load_checkpoint
 from cervrt.constants import NUM_CLASSES
 from cervrt.errors import CervrtError
@@ -188,5 +188,5 @@ def generate_pseudo_masks(config: PseudoMaskConfig, log: Callable[[str], None] =
                "mask_dirs": {**MASK_DIRS, "fused": FUSED_DIR}, "layer_weights": list(LAYER_WEIGHTS),
                "bg_threshold": config.bg_threshold, "glass": asdict(config.glass),
                "truth_metrics": _measure(source, out)}
-    write_json(out / "pseudo.json", nan_to_none(summary))  # strict JSON: an absent class is null
+    write_json(out / "pseudo.json", summary)
     return summary

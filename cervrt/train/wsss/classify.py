@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from cervrt._io import ensure_writable_dir, nan_to_none, write_json
+from cervrt._io import ensure_writable_dir, write_json
 from cervrt.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from cervrt.constants import MIN_FOREGROUND, MTCHI_MPP, PATCH_SIZE, PATCH_STRIDE
 from cervrt.errors import CervrtError
@@ -142,7 +142,7 @@ class _Run:
                                 history=self.history, train_config=asdict(self.config),
                                 train_patches=len(self.dataset))
         save_checkpoint(self.out / "last.pt", ckpt)
-        write_json(self.out / "history.json", nan_to_none(self.history))  # strict JSON
+        write_json(self.out / "history.json", self.history)
 
 
 def _resume_state(config: ClassifierConfig) -> tuple[ClassifierConfig, dict[str, Any] | None]:
