@@ -38,10 +38,11 @@ from cervrt._io import nan_to_none
 
 __all__ = ["STUDIES", "main"]
 
-STUDIES: dict[str, dict[str, str]] = {
+STUDIES: dict[str, dict[str, Any]] = {
     "hspnet-ae": {"arch": "hspnet", "loss": "ae"},
     "hspnet-ce": {"arch": "hspnet", "loss": "ce"},
     "deeplab-ae": {"arch": "deeplabv3plus", "loss": "ae"},
+    "hspnet-ae-long": {"arch": "hspnet", "loss": "ae", "epochs": 10},  # where HSP-Net goes with more steps
 }
 #: Sizes of every run (recorded in the results).
 SETTINGS = {"regions": 192, "region_size": 128, "patch": 64, "stride": 32, "batch_size": 8, "epochs": 7,
@@ -83,14 +84,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     _threads()
     s, study = SETTINGS, STUDIES[args.study]
     out = args.out / "runs" / f"{args.study}-s{args.seed}"
-    last = out / "last.pt"
+    last, epochs = out / "last.pt", study.get("epochs", s["epochs"])
     if last.is_file():
-        if load_checkpoint(last)["epoch"] >= s["epochs"]:
+        if load_checkpoint(last)["epoch"] >= epochs:
             return print(f"{out} is complete")
         train(resume=str(last), overrides={"time_limit_minutes": args.minutes})
     else:
         config = TrainConfig(data=str(args.out / "data"), out=str(out), arch=study["arch"], encoder="resnet34",
-                             epochs=s["epochs"], batch_size=s["batch_size"], loss=study["loss"],
+                             epochs=epochs, batch_size=s["batch_size"], loss=study["loss"],
                              patch_size=s["patch"], stride=s["stride"], val_fraction=s["val_fraction"],
                              val_stride=s["val_stride"], seed=args.seed, device="cpu",
                              time_limit_minutes=args.minutes)
@@ -379,7 +380,8 @@ def _plot(curves: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"hspnet-ae": "tab:blue", "hspnet-ce": "tab:orange", "deeplab-ae": "tab:green"}
+    colours = {"hspnet-ae": "tab:blue", "hspnet-ce": "tab:orange", "deeplab-ae": "tab:green",
+               "hspnet-ae-long": "tab:purple"}
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
     for row, x_key in enumerate(("steps", "minutes")):
         for col, metric in enumerate(("dice", "miou", "wp")):

@@ -97,8 +97,8 @@ def wsss_train_cls(**options: Any) -> None:
               help="[the classifier run's]")
 @click.option("--bg-threshold", default=default(PseudoMaskConfig, "bg_threshold"), show_default=True,
               type=click.FloatRange(0, 1, max_open=True),
-              help="Background where no present class's normalised Grad-CAM reaches this (MTCHI stroma is "
-                   "background); glass is always background.")
+              help="Also background where no present class's normalised Grad-CAM reaches this; glass is "
+                   "always background (0: glass only, the paper's and the better on synthetic data).")
 @click.option("--batch-size", default=default(PseudoMaskConfig, "batch_size"), show_default=True,
               type=click.IntRange(1))
 @click.option("--device", default=default(PseudoMaskConfig, "device"), show_default=True)
