@@ -52,7 +52,8 @@ def _scores(images: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str
         tp = fp = fn = epi_glass = epi = 0
         for rgb, truth, epithelium in images:
             pred = strategy.glass(rgb)
-            tp, fp, fn = tp + int((pred & truth).sum()), fp + int((pred & ~truth).sum()), fn + int((~pred & truth).sum())
+            tp, fp = tp + int((pred & truth).sum()), fp + int((pred & ~truth).sum())
+            fn += int((~pred & truth).sum())
             epi_glass, epi = epi_glass + int((pred & epithelium).sum()), epi + int(epithelium.sum())
         scores[name] = {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
                         "iou": tp / max(1, tp + fp + fn), "epithelium_called_glass": epi_glass / max(1, epi)}
@@ -82,7 +83,8 @@ def main() -> None:
     if args.svs.is_file():
         result["real"] = _real(args.svs)
     lines = [f"`python benchmarks/glass_strategies.py --regions {args.regions}`", "",
-             "| strategy | used by | region px | glass precision | glass recall | glass IoU | epithelium called glass |",
+             "| strategy | used by | region px | glass precision | glass recall | glass IoU "
+             "| epithelium called glass |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for size, scores in result["synthetic"].items():
         for name, s in scores.items():
