@@ -265,20 +265,23 @@ def cmd_wsss(args: argparse.Namespace) -> None:
         times[f"train_{folder}"] = time.monotonic() - start
         ckpt = load_checkpoint(artifact)
         result[f"{key}_history"] = load_checkpoint(run / folder / "last.pt").get("history", [])
-        result[f"{key}_on_weak_patches"] = _evaluate_wsss(ckpt, data / "weak", s["wsss_size"], truth="truth_masks")
-        result[f"{key}_on_heldout_regions"] = _evaluate_wsss(ckpt, data, s["wsss_size"])
+        result[f"{key}_on_weak_patches"] = _evaluate_wsss(ckpt, data / "weak", s["wsss_size"],
+                                                          ("truth_masks",))["truth_masks"]
+        result[f"{key}_on_heldout_regions"] = _evaluate_wsss(ckpt, data, s["wsss_size"])["masks"]
         # Phase 2 against its own targets: the loss 0.2/0.2/0.6 is smallest where the prediction is
         # layer4's pseudo label (0.6 outweighs the other two together), not the fused (CAM-weighted) one.
-        own_targets[f"{epochs}_epochs"] = {t: _evaluate_wsss(ckpt, run / "pm", s["wsss_size"], truth=t)["plain"]
-                                           for t in ("masks", "masks_fused")}
+        own = _evaluate_wsss(ckpt, run / "pm", s["wsss_size"], ("masks", "masks_fused"), gates=("plain",))
+        own_targets[f"{epochs}_epochs"] = {target: scores["plain"] for target, scores in own.items()}
     result["phase2_against_own_targets"] = own_targets
     result["minutes"] = {k: v / 60 for k, v in times.items()}
     _write(run / "wsss.json", result)
     print(json.dumps(nan_to_none(result), indent=1))
 
 
-def _evaluate_wsss(ckpt: dict[str, Any], root: Path, patch: int, truth: str = "masks") -> dict[str, Any]:
-    """Phase 2 against the truth, plain and gated, with the share of pixels it gives each class."""
+def _evaluate_wsss(ckpt: dict[str, Any], root: Path, patch: int, truths: tuple[str, ...] = ("masks",),
+                   gates: tuple[str, ...] = ("plain", "gated")) -> dict[str, dict[str, Any]]:
+    """Phase 2 against each folder of ``truths`` under ``root`` (the images of the first), plain and/or
+    gated, with the share of pixels it gives each class; each image is predicted once per gate."""
     from cervrt.metrics import MetricAccumulator
     from cervrt.models import model_from_checkpoint
     from cervrt.runtime.tiling import BlendMode
@@ -287,16 +290,22 @@ def _evaluate_wsss(ckpt: dict[str, Any], root: Path, patch: int, truth: str = "m
     from cervrt.train.wsss import gated
 
     sw = SlidingWindow(patch=patch, stride=max(1, patch // 4), blend=BlendMode.GAUSSIAN, batch_size=8)
-    result: dict[str, Any] = {"regions": len(list((root / truth).glob("*.png")))}
-    for name, model in (("plain", model_from_checkpoint(ckpt).eval()), ("gated", gated(ckpt))):
-        acc, counts, painted = MetricAccumulator(5), np.zeros(5), np.zeros(2)
-        for path in sorted((root / truth).glob("*.png")):
-            pred, mask = predict_region(model, read_image(root / "images" / path.name), sw, "cpu"), read_mask(path)
-            acc.update(pred, mask)
-            counts += np.bincount(pred.ravel(), minlength=5)
-            painted += ((pred[mask == 0] > 0).sum(), (mask == 0).sum())
-        result[name] = {**_summary(acc.compute()), "predicted_shares": (counts / counts.sum()).round(4).tolist(),
-                        "background_given_a_grade": round(float(painted[0] / max(1, painted[1])), 4)}
+    names = [path.name for path in sorted((root / truths[0]).glob("*.png"))]
+    result: dict[str, dict[str, Any]] = {truth: {"regions": len(names)} for truth in truths}
+    for gate in gates:
+        model = model_from_checkpoint(ckpt).eval() if gate == "plain" else gated(ckpt)
+        accs = {truth: (MetricAccumulator(5), np.zeros(5), np.zeros(2)) for truth in truths}
+        for name in names:
+            pred = predict_region(model, read_image(root / "images" / name), sw, "cpu")
+            for truth, (acc, counts, painted) in accs.items():
+                mask = read_mask(root / truth / name)
+                acc.update(pred, mask)
+                counts += np.bincount(pred.ravel(), minlength=5)
+                painted += ((pred[mask == 0] > 0).sum(), (mask == 0).sum())
+        for truth, (acc, counts, painted) in accs.items():
+            result[truth][gate] = {**_summary(acc.compute()),
+                                   "predicted_shares": (counts / counts.sum()).round(4).tolist(),
+                                   "background_given_a_grade": round(float(painted[0] / max(1, painted[1])), 4)}
     return result
 
 
