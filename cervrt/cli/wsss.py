@@ -55,7 +55,10 @@ def _c(name: str) -> Any:
 @click.option("--epochs", default=_c("epochs"), show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=_c("batch_size"), show_default=True, type=click.IntRange(1))
 @click.option("--lr", default=_c("lr"), show_default=True, type=float,
-              help="Encoder lr (the new layer gets 10x), poly decay.")
+              help="Encoder lr, poly decay (the authors' 1e-2 assumes pretrained --encoder-weights; from "
+                   "scratch use 1e-3 with --head-lr-mult 1).")
+@click.option("--head-lr-mult", default=_c("head_lr_mult"), show_default=True, type=click.FloatRange(0, min_open=True),
+              help="The new 1x1 layer's lr as a multiple of --lr.")
 @click.option("--patch-size", default=_c("patch_size"), show_default=True, type=click.IntRange(32))
 @click.option("--stride", default=_c("stride"), show_default=True, type=click.IntRange(1))
 @click.option("--min-foreground", default=_c("min_foreground"), show_default=True,

@@ -244,6 +244,51 @@ def test_a_moved_classifier_run_continues_where_it_now_is(wsss_run, tmp_path):
     assert done == moved / "last.pt"  # not the directory the checkpoint was first written in
 
 
+def test_cam_scorer_gives_the_classifier_probabilities_and_the_cams_the_masks_were_written_from(wsss_run):
+    from cervrt.train.data import read_image, read_mask, read_weak_labels
+    from cervrt.train.tensors import to_model_input
+    from cervrt.train.wsss.cam import CamScorer, fuse_layers
+    from cervrt.train.wsss.classify import classifier_from_checkpoint
+
+    root, _ = wsss_run
+    ckpt = load_checkpoint(root / "cls" / "last.pt")
+    name = "weak_0001_y00000_x00000.png"
+    rgb = read_image(root / "pm" / "images" / name)
+    layer_scores, probs = CamScorer(ckpt, "cpu").scores(rgb[None])
+    with torch.no_grad():
+        logits = classifier_from_checkpoint(ckpt)(to_model_input(rgb[None], ckpt["mean"], ckpt["std"], "cpu"))
+    np.testing.assert_allclose(probs, torch.sigmoid(logits).numpy(), rtol=1e-5, atol=1e-6)
+    assert [s.shape for s in layer_scores] == [(1, 4, 64, 64)] * 3
+    labels = sorted(read_weak_labels(root / "data" / "weak" / "labels.csv")["weak_0001"])
+    glass = GlassThreshold().glass(rgb)
+    written = read_mask(root / "pm" / "masks_fused" / name)
+    np.testing.assert_array_equal(pseudo_mask(fuse_layers(layer_scores)[0], labels, glass, 0.0), written)
+
+
+def test_a_collapsed_phase_1_stops_with_a_clear_error(wsss_run, tmp_path, monkeypatch):
+    from cervrt.train.wsss import ClassifierConfig, classify, train_classifier
+
+    class Dead(classify.WSSSClassifier):  # the state PDA at too high an lr ends in: every logit 0
+        def forward(self, x):
+            return super().forward(x) * 0.0
+
+    monkeypatch.setattr(classify, "WSSSClassifier", Dead)
+    root, _ = wsss_run
+    config = ClassifierConfig(data=str(root / "data" / "weak"), labels=str(root / "data" / "weak" / "labels.csv"),
+                              out=str(tmp_path / "cls"), epochs=2, batch_size=4, patch_size=64, stride=64,
+                              device="cpu")
+    with pytest.raises(CervrtError, match=r"phase 1 collapsed in epoch 1: every output is 0 .*--head-lr-mult 1"):
+        train_classifier(config, log=lambda _: None)
+    assert not (tmp_path / "cls" / "last.pt").exists()
+
+
+def test_classifier_refuses_a_non_positive_head_lr_mult():
+    from cervrt.train.wsss import ClassifierConfig
+
+    with pytest.raises(CervrtError, match="head-lr-mult must be positive"):
+        ClassifierConfig(data="d", out="o", head_lr_mult=0.0).check()
+
+
 def test_labels_of_pixel_annotated_data_come_from_the_masks(wsss_run):
     from cervrt.train.wsss.data import load_weak_source
 

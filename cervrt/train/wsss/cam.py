@@ -41,8 +41,8 @@ from cervrt.train.tensors import resolve_device, to_model_input
 from cervrt.train.wsss.classify import classifier_from_checkpoint
 from cervrt.train.wsss.data import FUSED_DIR, MASK_DIRS, WeakSource, load_weak_source
 
-__all__ = ["LAYER_WEIGHTS", "PseudoMaskConfig", "generate_pseudo_masks", "grad_cams", "normalise_cams",
-           "pseudo_mask"]
+__all__ = ["LAYER_WEIGHTS", "CamScorer", "PseudoMaskConfig", "fuse_layers", "generate_pseudo_masks", "grad_cams",
+           "normalise_cams", "pseudo_mask"]
 
 #: Multi-layer pseudo-supervision weights (paper Eq. 13), in CAM_LAYERS order.
 LAYER_WEIGHTS: tuple[float, ...] = (0.2, 0.2, 0.6)
@@ -111,27 +111,34 @@ def _done(out: Path, name: str) -> bool:
     return all((out / sub / f"{name}.png").is_file() for sub in _OUTPUTS)
 
 
-class _Generator:
-    """The loaded classifier and what it needs to turn a batch of patches into normalised CAMs."""
+class CamScorer:
+    """A phase-1 classifier checkpoint, loaded to turn batches of patches into normalised CAMs."""
 
-    def __init__(self, config: PseudoMaskConfig, ckpt: dict[str, Any]) -> None:
-        self.device = resolve_device(config.device)
+    def __init__(self, ckpt: dict[str, Any], device: str = "auto") -> None:
+        self.device = resolve_device(device)
         self.model = classifier_from_checkpoint(ckpt).to(self.device)
         self.mean, self.std = ckpt["mean"], ckpt["std"]
 
-    def scores(self, patches: np.ndarray) -> list[np.ndarray]:
-        """Per layer: float32 (N, 4, P, P) normalised Grad-CAMs of a uint8 (N, P, P, 3) batch."""
+    def scores(self, patches: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per layer float32 (N, 4, P, P) normalised Grad-CAMs of a uint8 (N, P, P, 3) batch, and the
+        classifier's probabilities (N, 4) of classes 1..4."""
         x = to_model_input(patches, self.mean, self.std, self.device)
         with torch.enable_grad():
             feats = self.model.features(x)
             logits = self.model.head(feats[CAM_LAYERS[-1]])
             cams = grad_cams([feats[layer] for layer in CAM_LAYERS], logits)
-        return [normalise_cams(c.detach(), patches.shape[1]).cpu().numpy() for c in cams]
+        probs = torch.sigmoid(logits.detach()).cpu().numpy()
+        return [normalise_cams(c.detach(), patches.shape[1]).cpu().numpy() for c in cams], probs
+
+
+def fuse_layers(layer_scores: Sequence[np.ndarray]) -> np.ndarray:
+    """The CAMs of the three layers weighted as the loss weighs their masks (:data:`LAYER_WEIGHTS`)."""
+    return sum(w * s for w, s in zip(LAYER_WEIGHTS, layer_scores, strict=True))
 
 
 def _write_sample(out: Path, name: str, rgb: np.ndarray, layer_scores: list[np.ndarray], labels: Sequence[int],
                   glass: np.ndarray, bg_threshold: float) -> None:
-    fused = sum(w * s for w, s in zip(LAYER_WEIGHTS, layer_scores, strict=True))
+    fused = fuse_layers(layer_scores)
     for layer, scores in zip(CAM_LAYERS, layer_scores, strict=True):
         write_png(out / MASK_DIRS[layer] / f"{name}.png", pseudo_mask(scores, labels, glass, bg_threshold))
     write_png(out / FUSED_DIR / f"{name}.png", pseudo_mask(fused, labels, glass, bg_threshold))
@@ -174,12 +181,12 @@ def generate_pseudo_masks(config: PseudoMaskConfig, log: Callable[[str], None] =
     todo = [s for s in source.samples if not _done(out, source.name(s))]
     log(f"pseudo masks of {len(source.samples)} patches of {config.patch_size} px from {config.data} "
         f"({len(source.samples) - len(todo)} already written); Grad-CAM layers {', '.join(CAM_LAYERS)}")
-    generator = _Generator(config, ckpt)
+    scorer = CamScorer(ckpt, config.device)
     with tqdm(total=len(todo), desc="pseudo masks", unit="patch") as bar:
         for i in range(0, len(todo), config.batch_size):
             batch = todo[i : i + config.batch_size]
             patches = np.stack([source.crop(s) for s in batch])
-            layer_scores = generator.scores(patches)
+            layer_scores, _ = scorer.scores(patches)
             for j, sample in enumerate(batch):
                 _write_sample(out, source.name(sample), patches[j], [s[j] for s in layer_scores], sample.labels,
                               config.glass.glass(patches[j]), config.bg_threshold)

@@ -10,6 +10,7 @@ polynomial decay (power 0.9) per iteration. Each epoch ends with an atomic ``OUT
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +38,8 @@ __all__ = ["CLASSIFIER_ARCH", "ClassifierConfig", "classifier_from_checkpoint", 
 #: The ``arch`` of a phase-1 checkpoint (not a segmentation architecture, so not in the model registry).
 CLASSIFIER_ARCH = "wsss_cls"
 _ENCODERS = ("resnet34", "resnet101")
+#: The multi-label soft-margin loss of all-zero logits: an epoch at exactly this loss has collapsed.
+_DEAD_LOSS = math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,8 @@ class ClassifierConfig:
                 raise CervrtError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.encoder not in _ENCODERS:
             raise CervrtError(f"encoder {self.encoder!r} is not supported: choose one of {', '.join(_ENCODERS)}")
-        if self.lr <= 0:
-            raise CervrtError(f"lr must be positive, got {self.lr}")
+        if self.lr <= 0 or self.head_lr_mult <= 0:
+            raise CervrtError(f"lr and head-lr-mult must be positive, got {self.lr} and {self.head_lr_mult}")
         self.schedule()
 
     def schedule(self) -> PDASchedule:
@@ -173,6 +176,12 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     deadline = start + config.time_limit_minutes * 60 if config.time_limit_minutes else None
     for epoch in range(run.start_epoch, config.epochs):
         stats, stopped = run.train_epoch(epoch, deadline)
+        if abs(stats["loss"] - _DEAD_LOSS) < 1e-6:
+            raise CervrtError(
+                f"phase 1 collapsed in epoch {epoch + 1}: every output is 0 (loss ln 2), and so is every gradient "
+                "(with PDA on: every class activation map is negative, so the attention is 0). Start again in a new "
+                "--out with a lower --lr and --head-lr-mult (from scratch, --lr 1e-3 --head-lr-mult 1 learns on "
+                "cervrt synth) or with --encoder-weights")
         run.history.append({"epoch": epoch + 1, **stats, "seconds": time.monotonic() - start})
         run.save(epoch + 1)
         mu = "off" if stats["pda_mu"] is None else f"{stats['pda_mu']:.4f}"
