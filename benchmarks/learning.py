@@ -234,14 +234,14 @@ def _pseudo_heldout(cls: Path, root: Path, patch: int) -> dict[str, Any]:
     windows = exact = 0
     for path in sorted((root / "masks").glob("*.png")):
         truth = read_mask(path)
-        rgb = pad_to_patch(read_image(root / "images" / path.name), patch, 255)
+        rgb, padded = pad_to_patch(read_image(root / "images" / path.name), patch, 255), pad_to_patch(truth, patch, 0)
         preds = {kind: {layer: np.zeros(rgb.shape[:2], np.uint8) for layer in layers} for kind in kinds}
         for y in window_starts(rgb.shape[0], patch, patch):
             for x in window_starts(rgb.shape[1], patch, patch):
                 tile = rgb[y : y + patch, x : x + patch]
                 layer_scores, probs = scorer.scores(tile[None])
                 scores = dict(zip(layers, [s[0] for s in layer_scores] + [fuse_layers(layer_scores)[0]], strict=True))
-                true = patch_labels(pad_to_patch(truth, patch, 0)[y : y + patch, x : x + patch], min_share)
+                true = patch_labels(padded[y : y + patch, x : x + patch], min_share)
                 predicted = tuple(int(k) + 1 for k in np.flatnonzero(probs[0] > PREDICTED_LABEL_THRESHOLD))
                 predicted = predicted or (int(probs[0].argmax()) + 1,)
                 windows, exact = windows + 1, exact + (predicted == true)
