@@ -67,7 +67,7 @@ class SegmenterConfig:
     classifier: str
     out: str
     encoder: str = "resnet34"
-    epochs: int = 20
+    epochs: int = 30  # the authors' stage 2 (and on cervrt synth, 30 epochs beat 12 by 0.15 mIoU)
     batch_size: int = 8
     loss: str = "ce"
     lr: float = 1e-3
