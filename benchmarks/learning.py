@@ -276,7 +276,8 @@ def cmd_wsss(args: argparse.Namespace) -> None:
     from cervrt.train.wsss import ClassifierConfig, SegmenterConfig, train_classifier, train_segmenter
 
     _threads()
-    s, data = SETTINGS, args.out / "wsss"
+    s = {**SETTINGS, "seg_epochs": tuple(args.seg_epochs or SETTINGS["seg_epochs"])}
+    data = args.out / "wsss"
     run = args.out / "runs" / f"wsss-s{args.seed}"
     weak = {"data": str(data / "weak"), "labels": str(data / "weak" / "labels.csv")}
     truth = data / "weak" / "truth_masks"
@@ -597,6 +598,9 @@ def main() -> None:
         if name == "wsss":
             p.add_argument("--until", choices=["pseudo", "eval"], default="eval")
             p.add_argument("--seg-lr", type=float, default=1e-3)
+            lengths = " ".join(map(str, SETTINGS["seg_epochs"]))
+            p.add_argument("--seg-epochs", type=int, nargs="+", default=None,
+                           help=f"phase-2 lengths, each trained from scratch [{lengths}]")
         if name == "all":
             p.add_argument("--seeds", type=int, default=3, help="seeds of each supervised study")
             p.add_argument("--wsss-seeds", type=int, default=1)
