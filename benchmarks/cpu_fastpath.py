@@ -16,7 +16,7 @@ near-uniform probabilities flip on any rounding, and they have no agreement targ
   (one warm-up each, then ``--rounds`` rounds, one run of every engine per round, median): the
   ratios to ONNX Runtime FP32 come from the same minutes of the same run, so that load on a shared
   machine hits every engine alike; the patches/s themselves depend on that load
-  (``cervrt.bench.fastpath.time_interleaved``);
+  (``cervrt.timing.time_interleaved``);
 - label agreement with ONNX Runtime FP32 on held-out tissue patches (from ``--test``, not used for
   calibration) and, for the trained model, Dice on the synthetic test set (``--test``: images/ and
   masks/, tiled by non-overlapping patches) and its change against FP32 in points.
@@ -43,8 +43,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cervrt._io import atomic_path, write_json
-from cervrt.bench.fastpath import open_cpu_engines, time_interleaved, tissue_batch
+from cervrt.bench.fastpath import open_cpu_engines
 from cervrt.bench.machine import host_tag, machine_info
+from cervrt.timing import time_interleaved, tissue_batch
 
 __all__ = ["main"]
 

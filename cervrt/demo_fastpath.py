@@ -10,13 +10,9 @@ fails the 99% gate is refused by the export; the demo says so and goes on.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from cervrt.errors import CervrtError
 
@@ -26,29 +22,14 @@ _ROUNDS = 3
 _BATCH = 4
 
 
-def _tissue_batch(patch: int, mean: Any, std: Any) -> np.ndarray:
-    from cervrt.export.calibration import normalise
-    from cervrt.synth import synthesize_region
-
-    rng = np.random.default_rng(11)
-    return normalise(np.stack([synthesize_region(rng, patch)[0] for _ in range(_BATCH)]), mean, std)
-
-
 def speed_ratio(fast: Path, reference: Path, rounds: int = _ROUNDS) -> dict[str, float]:
     """Patches/s of ``fast`` and ``reference`` (ONNX Runtime, CPU) timed in interleaved rounds, and their ratio."""
     from cervrt.engines import open_engine
+    from cervrt.timing import time_interleaved, tissue_batch
 
     with open_engine(reference, "cpu") as ref, open_engine(fast, "cpu") as candidate:
-        batch = _tissue_batch(ref.patch_size, ref.mean, ref.std)
-        seconds: dict[str, list[float]] = {"reference": [], "fast": []}
-        for engine in (ref, candidate):
-            engine.run(batch)  # warm-up
-        for _ in range(rounds):
-            for name, engine in (("reference", ref), ("fast", candidate)):
-                start = time.perf_counter()
-                engine.run(batch)
-                seconds[name].append(time.perf_counter() - start)
-    speeds = {name: _BATCH / statistics.median(values) for name, values in seconds.items()}
+        batch = tissue_batch(ref.patch_size, _BATCH, ref.mean, ref.std, seed=11)
+        speeds = time_interleaved({"reference": ref, "fast": candidate}, batch, rounds)
     return {"fp32_patches_per_s": speeds["reference"], "int8_patches_per_s": speeds["fast"],
             "ratio": speeds["fast"] / speeds["reference"]}
 

@@ -232,8 +232,8 @@ def tiny_int8(tiny_onnx) -> Path:
     import onnx
 
     from cervrt.artifact import attach_metadata, read_metadata
-    from cervrt.bench.fastpath import tissue_batch
     from cervrt.export.int8 import quantize_int8
+    from cervrt.timing import tissue_batch
 
     meta = read_metadata(tiny_onnx)
     quantized, _ = quantize_int8(onnx.load(tiny_onnx), tissue_batch(64, 8, meta["mean"], meta["std"]))

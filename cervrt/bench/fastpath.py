@@ -2,8 +2,8 @@
 
 ``open_cpu_engines(fp32, int8)`` opens the five CPU engines (``FASTPATH_ENGINES``: ONNX Runtime FP32,
 today's default; OpenVINO FP32 and BF16; ONNX Runtime INT8 and OpenVINO INT8) and says, for each one it cannot open, why
-(no INT8 graph, no BF16 on this CPU, the ``openvino`` extra missing). ``time_interleaved`` times
-them on one batch of synthetic tissue in interleaved rounds (one warm-up each, then one run of every
+(no INT8 graph, no BF16 on this CPU, the ``openvino`` extra missing). ``cervrt.timing.time_interleaved``
+times them on one batch of synthetic tissue in interleaved rounds (one warm-up each, then one run of every
 engine per round, median), so that the ratios to ONNX Runtime FP32 come from the same minutes of
 the same run and load on a shared machine hits every engine alike.
 
@@ -15,8 +15,6 @@ uses the same pieces.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +23,9 @@ import numpy as np
 
 from cervrt.bench.endtoend import SynthSlide, accuracy, agreement, run_slides
 from cervrt.errors import CervrtError
+from cervrt.timing import time_interleaved, tissue_batch
 
-__all__ = ["FASTPATH_ENGINES", "REFERENCE", "fastpath_rows", "open_cpu_engines", "time_interleaved",
-           "tissue_batch"]
+__all__ = ["FASTPATH_ENGINES", "REFERENCE", "fastpath_rows", "open_cpu_engines"]
 
 #: name -> (graph: "fp32" or "int8", backend, bf16)
 FASTPATH_ENGINES = {"ORT FP32": ("fp32", "onnxruntime", False), "OV FP32": ("fp32", "openvino", False),
@@ -74,28 +72,6 @@ def open_cpu_engines(fp32: Path, int8: Path | None,
 def _close(engines: dict[str, Any]) -> None:
     for engine in engines.values():
         engine.close()
-
-
-def tissue_batch(size: int, batch: int, mean: Any, std: Any, seed: int = 7) -> np.ndarray:
-    """``batch`` normalised synthetic tissue patches of ``size`` px (NCHW float32)."""
-    from cervrt.export.calibration import normalise
-    from cervrt.synth import synthesize_region
-
-    rng = np.random.default_rng(seed)
-    return normalise(np.stack([synthesize_region(rng, size)[0] for _ in range(batch)]), mean, std)
-
-
-def time_interleaved(engines: dict[str, Any], batch: np.ndarray, rounds: int) -> dict[str, float]:
-    """Patches/s of every engine on ``batch``: one warm-up each, then ``rounds`` interleaved rounds, median."""
-    for engine in engines.values():
-        engine.run(batch)  # warm-up: OpenVINO compiles its shape, ORT allocates
-    seconds: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(rounds):
-        for name, engine in engines.items():
-            start = time.perf_counter()
-            engine.run(batch)
-            seconds[name].append(time.perf_counter() - start)
-    return {name: len(batch) / statistics.median(values) for name, values in seconds.items()}
 
 
 def _speeds(fp32: Path, int8: Path | None, int8_absent: str, batch: int,
