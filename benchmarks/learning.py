@@ -240,6 +240,7 @@ def _pseudo_heldout(cls: Path, root: Path, patch: int) -> dict[str, Any]:
             for x in window_starts(rgb.shape[1], patch, patch):
                 tile = rgb[y : y + patch, x : x + patch]
                 layer_scores, probs = scorer.scores(tile[None])
+                on_glass = glass.glass(tile)
                 scores = dict(zip(layers, [s[0] for s in layer_scores] + [fuse_layers(layer_scores)[0]], strict=True))
                 true = patch_labels(padded[y : y + patch, x : x + patch], min_share)
                 predicted = tuple(int(k) + 1 for k in np.flatnonzero(probs[0] > PREDICTED_LABEL_THRESHOLD))
@@ -247,8 +248,8 @@ def _pseudo_heldout(cls: Path, root: Path, patch: int) -> dict[str, Any]:
                 windows, exact = windows + 1, exact + (predicted == true)
                 for kind, labels in (("true_labels", true), ("predicted_labels", predicted)):
                     for layer, layer_score in scores.items():
-                        preds[kind][layer][y : y + patch, x : x + patch] = pseudo_mask(
-                            layer_score, labels, glass.glass(tile), 0.0)
+                        window = pseudo_mask(layer_score, labels, on_glass, 0.0)
+                        preds[kind][layer][y : y + patch, x : x + patch] = window
         for kind in kinds:
             for layer in layers:
                 accs[kind][layer].update(preds[kind][layer][: truth.shape[0], : truth.shape[1]], truth)
@@ -286,7 +287,8 @@ def cmd_wsss(args: argparse.Namespace) -> None:
                                             lr=s["cls_lr"], head_lr_mult=s["cls_head_lr_mult"],
                                             patch_size=s["wsss_size"], stride=s["wsss_size"], device="cpu",
                                             seed=args.seed, time_limit_minutes=args.minutes))
-    times["train_cls"] = _trained_minutes(load_checkpoint(cls))
+    cls_ckpt = load_checkpoint(cls)
+    times["train_cls"] = _trained_minutes(cls_ckpt)
     start = time.monotonic()
     chosen = _pseudo(cls, weak, run / "pm", s["bg_threshold"], truth)
     before = _pseudo(cls, weak, run / "pm-before", s["bg_threshold_before"], truth)
@@ -294,7 +296,7 @@ def cmd_wsss(args: argparse.Namespace) -> None:
     times["pseudo_masks"] = (time.monotonic() - start) / 60
     result: dict[str, Any] = {
         "synthetic": True, "seed": args.seed, "settings": s,
-        "classifier_history": load_checkpoint(cls).get("history", []),
+        "classifier_history": cls_ckpt.get("history", []),
         "classifier_on_heldout_patches": _classifier_heldout(cls, data, s["wsss_size"]),
         "baselines_on_weak_patches": _baselines(data / "weak", s["wsss_size"]),
         "pseudo_masks_on_weak_patches": chosen["metrics"],
@@ -346,10 +348,11 @@ def _evaluate_wsss(ckpt: dict[str, Any], root: Path, patch: int, truths: tuple[s
         accs = {truth: (MetricAccumulator(5), np.zeros(5), np.zeros(2)) for truth in truths}
         for name in names:
             pred = predict_region(model, read_image(root / "images" / name), sw, "cpu")
+            predicted = np.bincount(pred.ravel(), minlength=5)
             for truth, (acc, counts, painted) in accs.items():
                 mask = read_mask(root / truth / name)
                 acc.update(pred, mask)
-                counts += np.bincount(pred.ravel(), minlength=5)
+                counts += predicted
                 painted += ((pred[mask == 0] > 0).sum(), (mask == 0).sum())
         for truth, (acc, counts, painted) in accs.items():
             result[truth][gate] = {**_summary(acc.compute()),
