@@ -588,6 +588,13 @@ def cmd_all(args: argparse.Namespace) -> None:
     print(f"all studies in {(time.monotonic() - start) / 60:.1f} min")
 
 
+def _epochs(text: str) -> int:
+    """An argparse type: a whole number of epochs, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"epochs must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -602,7 +609,7 @@ def main() -> None:
             p.add_argument("--until", choices=["pseudo", "eval"], default="eval")
             p.add_argument("--seg-lr", type=float, default=1e-3)
             lengths = " ".join(map(str, SETTINGS["seg_epochs"]))
-            p.add_argument("--seg-epochs", type=int, nargs="+", default=None,
+            p.add_argument("--seg-epochs", type=_epochs, nargs="+", default=None,
                            help=f"phase-2 lengths, each trained from scratch [{lengths}]")
         if name == "all":
             p.add_argument("--seeds", type=int, default=3, help="seeds of each supervised study")
